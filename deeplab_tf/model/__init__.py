@@ -1,0 +1,1 @@
+"""DeepLab models: encoders, ASPP, decoder and the full model builder."""

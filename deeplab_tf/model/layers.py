@@ -1,0 +1,243 @@
+"""The building blocks every DeepLab encoder and head is made of.
+
+Layer names follow one rule so that checkpoint import is a rule, not a table: a Keras layer is named after
+the original's TF1 variable scope with `/` (which Keras forbids in names) spelled `.`; see
+`scope_to_layer_name`. A convolution named `a.b.conv1` owns the checkpoint variables `a/b/conv1/weights`
+and its BatchNorm layer `a.b.conv1.BatchNorm` owns `a/b/conv1/BatchNorm/{gamma,beta,moving_mean,
+moving_variance}`, exactly as slim names them (research/deeplab `core/xception.py`, `core/utils.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+# Keras forbids "/" in layer names; the original scopes are spelled with "." instead.
+SCOPE_SEPARATOR = "."
+
+# [0, 255] RGB -> [-1, 1] ("_preprocess_zero_mean_unit_range" in research/deeplab core/feature_extractor.py).
+ZERO_MEAN_UNIT_RANGE = "zero_mean_unit_range"
+# [0, 255] RGB minus the ImageNet mean ("_preprocess_subtract_imagenet_mean"), for plain ResNet-v1.
+SUBTRACT_IMAGENET_MEAN = "subtract_imagenet_mean"
+IMAGENET_MEAN_RGB = (123.15, 115.90, 103.06)
+
+
+def scope_to_layer_name(scope: str) -> str:
+  """`xception_65/entry_flow/conv1_1` -> `xception_65.entry_flow.conv1_1` (the one naming rule)."""
+  return scope.replace("/", SCOPE_SEPARATOR)
+
+
+def layer_name_to_scope(name: str) -> str:
+  """Inverse of `scope_to_layer_name`."""
+  return name.replace(SCOPE_SEPARATOR, "/")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchNormParams:
+  """BatchNorm hyper-parameters: `decay` is Keras' momentum, `epsilon` is added to the variance.
+
+  The original uses decay 0.9997 everywhere it trains BN (DeepLabv3, section 4.1), epsilon 1e-3 in
+  Xception (`xception_arg_scope`) and MobileNetV2, 1e-5 in ResNet-v1-beta and in the DeepLab head
+  (`model.py`, `utils.get_batch_norm_params`).
+  """
+
+  decay: float = 0.9997
+  epsilon: float = 1e-3
+
+
+def batch_norm(x, scope: str, params: BatchNormParams):
+  """BatchNorm with scale and centre, named `<scope>.BatchNorm` (slim's `<scope>/BatchNorm`)."""
+  return keras.layers.BatchNormalization(
+      momentum=params.decay, epsilon=params.epsilon, center=True, scale=True,
+      name=scope_to_layer_name(scope + "/BatchNorm"))(x)
+
+
+def relu(x, name: Optional[str] = None):
+  return keras.layers.ReLU(name=scope_to_layer_name(name) if name else None)(x)
+
+
+def fixed_padding(x, kernel_size: int, rate: int = 1, name: Optional[str] = None):
+  """Pads `x` so that a VALID strided convolution behaves as the original's `conv2d_same`.
+
+  research/deeplab (`core/resnet_utils.py`, `fixed_padding`) pads `(k_eff - 1) // 2` pixels before and
+  the rest after, with `k_eff = k + (k - 1) * (rate - 1)`, independently of the input size. TF's 'SAME'
+  padding would put the odd pixel after on even inputs and shift the sampling grid by one.
+
+  Args:
+    x: `[batch, height, width, channels]` tensor.
+    kernel_size: kernel size in pixels.
+    rate: atrous rate.
+    name: Keras layer name.
+
+  Returns:
+    `[batch, height + k_eff - 1, width + k_eff - 1, channels]` zero-padded tensor.
+  """
+  kernel_size_effective = kernel_size + (kernel_size - 1) * (rate - 1)
+  pad_total = kernel_size_effective - 1
+  pad_beg = pad_total // 2
+  pad_end = pad_total - pad_beg
+  if pad_total == 0:
+    return x
+  return keras.layers.ZeroPadding2D(((pad_beg, pad_end), (pad_beg, pad_end)), name=name)(x)
+
+
+def conv2d_same(x, filters: int, kernel_size: int, stride: int, rate: int, scope: str, *,
+                bn_params: Optional[BatchNormParams], activation: bool = True,
+                kernel_initializer="glorot_uniform", use_bias: Optional[bool] = None):
+  """Conv (+ BN) (+ ReLU) with the original's padding: 'SAME' at stride 1, fixed padding otherwise.
+
+  Args:
+    x: `[batch, height, width, channels]` float tensor.
+    filters: output channels.
+    kernel_size: kernel size in pixels.
+    stride: stride; with stride > 1 the input is padded by `fixed_padding` and the conv is VALID.
+    rate: atrous (dilation) rate; must be 1 when stride > 1 (atrous convolution replaces striding).
+    scope: the original's variable scope, e.g. `xception_65/entry_flow/conv1_1`.
+    bn_params: BatchNorm after the conv, or None for none (then the conv has a bias, as slim's).
+    activation: ReLU at the end.
+    kernel_initializer: Keras initializer of the kernel.
+    use_bias: override of the bias (default: a bias exactly when there is no BatchNorm).
+
+  Returns:
+    `[batch, ceil(height / stride), ceil(width / stride), filters]` tensor.
+  """
+  name = scope_to_layer_name(scope)
+  if stride > 1 and kernel_size > 1:
+    x = fixed_padding(x, kernel_size, rate, name=name + ".pad")
+    padding = "valid"
+  else:
+    padding = "same"
+  if use_bias is None:
+    use_bias = bn_params is None
+  x = keras.layers.Conv2D(filters, kernel_size, strides=stride, dilation_rate=rate, padding=padding,
+                          use_bias=use_bias, kernel_initializer=kernel_initializer, name=name)(x)
+  if bn_params is not None:
+    x = batch_norm(x, scope, bn_params)
+  if activation:
+    x = relu(x, scope + "/relu")
+  return x
+
+
+def depthwise_conv2d_same(x, kernel_size: int, stride: int, rate: int, scope: str, *,
+                          bn_params: Optional[BatchNormParams], activation: bool,
+                          depthwise_initializer="glorot_uniform"):
+  """Depthwise conv (multiplier 1) + BN (+ ReLU): slim's `separable_conv2d(num_outputs=None)`.
+
+  Padding as `conv2d_same`. Returns `[batch, ceil(height / stride), ceil(width / stride), channels]`.
+  """
+  name = scope_to_layer_name(scope)
+  if stride > 1:
+    x = fixed_padding(x, kernel_size, rate, name=name + ".pad")
+    padding = "valid"
+  else:
+    padding = "same"
+  x = keras.layers.DepthwiseConv2D(kernel_size, strides=stride, dilation_rate=rate, padding=padding,
+                                   depth_multiplier=1, use_bias=bn_params is None,
+                                   depthwise_initializer=depthwise_initializer, name=name)(x)
+  if bn_params is not None:
+    x = batch_norm(x, scope, bn_params)
+  if activation:
+    x = relu(x, scope + "/relu")
+  return x
+
+
+def split_separable_conv2d(x, filters: int, scope: str, *, kernel_size: int = 3, stride: int = 1,
+                           rate: int = 1, bn_params: BatchNormParams, activation: bool = True,
+                           depthwise_initializer=None, pointwise_initializer=None):
+  """DeepLab's separable conv: `<scope>_depthwise` (+BN[+ReLU]) then `<scope>_pointwise` 1x1 (+BN[+ReLU]).
+
+  `activation=True` is the head's form (ASPP branches, decoder: BN + ReLU after both halves,
+  `core/utils.py` `split_separable_conv2d`, with its initialisers: truncated normal 0.33 and 0.06);
+  `activation=False` is Xception's pre-activation form (BN only, `core/xception.py`).
+
+  Returns:
+    `[batch, ceil(height / stride), ceil(width / stride), filters]` tensor.
+  """
+  if depthwise_initializer is None:
+    depthwise_initializer = keras.initializers.TruncatedNormal(stddev=0.33)
+  if pointwise_initializer is None:
+    pointwise_initializer = keras.initializers.TruncatedNormal(stddev=0.06)
+  x = depthwise_conv2d_same(x, kernel_size, stride, rate, scope + "_depthwise", bn_params=bn_params,
+                            activation=activation, depthwise_initializer=depthwise_initializer)
+  return conv2d_same(x, filters, 1, 1, 1, scope + "_pointwise", bn_params=bn_params,
+                     activation=activation, kernel_initializer=pointwise_initializer)
+
+
+@keras.saving.register_keras_serializable(package="deeplab_tf")
+class Preprocess(keras.layers.Layer):
+  """Maps `[batch, height, width, 3]` RGB in [0, 255] (uint8 or float) to the encoder's input range.
+
+  `zero_mean_unit_range`: `(2 / 255) * x - 1`, as research/deeplab computes it (same operation order,
+  so results match to the bit). `subtract_imagenet_mean`: `x - [123.15, 115.90, 103.06]`.
+  The output is float32 (or the layer's compute dtype under mixed precision).
+  """
+
+  def __init__(self, mode: str = ZERO_MEAN_UNIT_RANGE, **kwargs):
+    super().__init__(**kwargs)
+    if mode not in (ZERO_MEAN_UNIT_RANGE, SUBTRACT_IMAGENET_MEAN):
+      raise ValueError(f"Preprocess mode={mode!r}: expected {ZERO_MEAN_UNIT_RANGE!r} or "
+                       f"{SUBTRACT_IMAGENET_MEAN!r}.")
+    self.mode = mode
+
+  def call(self, images):
+    x = tf.cast(images, tf.float32)
+    if self.mode == ZERO_MEAN_UNIT_RANGE:
+      x = (2.0 / 255.0) * x - 1.0
+    else:
+      x = x - tf.reshape(tf.constant(IMAGENET_MEAN_RGB, tf.float32), [1, 1, 1, 3])
+    return tf.cast(x, self.compute_dtype)
+
+  def get_config(self):
+    return {**super().get_config(), "mode": self.mode}
+
+
+def resize_bilinear_align_corners(images, size):
+  """Bilinear resize with align_corners=True, half_pixel_centers=False, as every resize in the original.
+
+  TF2's `tf.image.resize` cannot do this; the v1 op can. Computes in float32 and returns the input dtype.
+
+  Args:
+    images: `[batch, height, width, channels]` tensor.
+    size: `[new_height, new_width]` (ints or an int32 tensor).
+
+  Returns:
+    `[batch, new_height, new_width, channels]` tensor of `images.dtype`.
+  """
+  out = tf.compat.v1.image.resize_bilinear(tf.cast(images, tf.float32), size, align_corners=True)
+  return tf.cast(out, images.dtype)
+
+
+@keras.saving.register_keras_serializable(package="deeplab_tf")
+class ResizeLike(keras.layers.Layer):
+  """Resizes `inputs[0]` to the spatial size of `inputs[1]`, bilinear with align_corners=True.
+
+  Inputs: `[x, reference]`, `x` `[batch, h, w, c]` and `reference` `[batch, H, W, any]`.
+  Output: `[batch, H, W, c]` of `x`'s dtype.
+  """
+
+  def call(self, inputs):
+    x, reference = inputs
+    return resize_bilinear_align_corners(x, tf.shape(reference)[1:3])
+
+  def compute_output_shape(self, input_shapes):
+    x_shape, ref_shape = input_shapes
+    return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+
+def kernel_variables(model: keras.Model, include_depthwise: bool = False) -> Sequence:
+  """The convolution kernels that the original applies L2 weight decay to.
+
+  slim regularises every `weights` of `conv2d` (backbone, head, logits) and, in DeepLab's default
+  configuration, no depthwise kernel (`regularize_depthwise=False`, `split_separable_conv2d`).
+  """
+  kernels = []
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+      if include_depthwise:
+        kernels.append(layer.kernel)
+    elif isinstance(layer, keras.layers.Conv2D):
+      kernels.append(layer.kernel)
+  return kernels

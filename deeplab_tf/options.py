@@ -1,0 +1,218 @@
+"""Options for building, training and evaluating DeepLab models.
+
+Frozen dataclasses whose field names are research/deeplab's flag names (`common.py`, `train.py`,
+`eval.py`), so that a command line from the original carries over. Each round-trips through JSON
+(`to_json` / `from_json`), which is how checkpoints and exports record the options they were made with.
+The library never reads flags: the binaries in `deeplab_tf/bin` parse flags and build these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Optional, Tuple, TypeVar
+
+T = TypeVar("T", bound="_JsonOptions")
+
+# Output strides the encoders support: research/deeplab uses 8, 16 (and 32 without atrous convolution).
+VALID_OUTPUT_STRIDES = (8, 16, 32)
+
+
+def _as_tuple(value):
+  if value is None:
+    return None
+  if isinstance(value, (list, tuple)):
+    return tuple(_as_tuple(v) if isinstance(v, (list, tuple)) else v for v in value)
+  return value
+
+
+class _JsonOptions:
+  """JSON round-trip shared by every options dataclass."""
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def to_json(self, **kwargs) -> str:
+    return json.dumps(self.to_dict(), sort_keys=True, **kwargs)
+
+  @classmethod
+  def from_dict(cls: type[T], values: dict) -> T:
+    """Builds the options from a dict, as written by `to_dict`.
+
+    Raises:
+      ValueError: if `values` has a key that is not a field of this class.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+      raise ValueError(f"Unknown {cls.__name__} field(s) {unknown}; expected a subset of {sorted(names)}.")
+    return cls(**{k: _as_tuple(v) for k, v in values.items()})
+
+  @classmethod
+  def from_json(cls: type[T], text: str) -> T:
+    return cls.from_dict(json.loads(text))
+
+  def replace(self: T, **changes: Any) -> T:
+    return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions(_JsonOptions):
+  """The architecture of a DeepLab model, with research/deeplab's flag names and defaults.
+
+  Attributes:
+    model_variant: encoder name, a key of `deeplab_tf.model.encoders.ENCODERS` (`xception_65`,
+      `resnet_v1_101_beta`, `mobilenet_v2`, ...). research/deeplab's default is `mobilenet_v2`.
+    num_classes: number of output classes (21 for PASCAL VOC, 19 Cityscapes, 151 ADE20K).
+    output_stride: input resolution / encoder output resolution: 8, 16 or 32 (DeepLabv3, section 3.1).
+    atrous_rates: rates of the ASPP 3x3 branches, e.g. (6, 12, 18) at output_stride 16 and (12, 24, 36)
+      at 8 (DeepLabv3, section 3.3). None or () builds no atrous branch (the MobileNetV2 model-zoo head:
+      image pooling + 1x1 branch + projection).
+    decoder_output_stride: output stride of the low-level feature the DeepLabv3+ decoder refines with
+      (4 in the paper, section 3.1); None builds DeepLabv3 (no decoder).
+    multi_grid: unit rates of the last block's three units (DeepLabv3, section 3.2.1), e.g. (1, 2, 4);
+      None means (1, 1, 1).
+    aspp_with_separable_conv: depthwise-separable ASPP 3x3 branches (DeepLabv3+, section 3.2).
+    decoder_use_separable_conv: depthwise-separable decoder 3x3 convolutions.
+    add_image_level_feature: the ASPP image-pooling branch (DeepLabv3, section 3.3).
+    aspp_with_batch_norm: build the ASPP head at all; False returns the encoder features directly to the
+      logits layer, as the original does.
+    depth_multiplier: MobileNetV2 width multiplier (e.g. 0.5); ignored by other encoders.
+    divisible_by: MobileNetV2 channel rounding; None means the original's default (8).
+    image_pooling_crop_size: (height, width) in pixels of the training crop whose encoder output the
+      image-pooling branch averages over with a fixed VALID window, as the original does during
+      training; None pools globally over whatever the input is (the original at inference).
+    image_pooling_stride: stride of that fixed pooling window, (1, 1) in the original.
+    logits_kernel_size: kernel size of the final logits convolution (1 in every published model).
+    prediction_with_upsampled_logits: upsample logits to the input size (True in the original); when
+      False, the model returns logits at the decoder (or encoder) output stride.
+  """
+
+  model_variant: str = "mobilenet_v2"
+  num_classes: int = 21
+  output_stride: int = 16
+  atrous_rates: Optional[Tuple[int, ...]] = None
+  decoder_output_stride: Optional[int] = None
+  multi_grid: Optional[Tuple[int, ...]] = None
+  aspp_with_separable_conv: bool = True
+  decoder_use_separable_conv: bool = True
+  add_image_level_feature: bool = True
+  aspp_with_batch_norm: bool = True
+  depth_multiplier: float = 1.0
+  divisible_by: Optional[int] = None
+  image_pooling_crop_size: Optional[Tuple[int, int]] = None
+  image_pooling_stride: Tuple[int, int] = (1, 1)
+  logits_kernel_size: int = 1
+  prediction_with_upsampled_logits: bool = True
+
+  def __post_init__(self):
+    # Normalise lists (from JSON or flags) to tuples so that the options stay hashable and comparable.
+    for name in ("atrous_rates", "multi_grid", "image_pooling_crop_size", "image_pooling_stride"):
+      object.__setattr__(self, name, _as_tuple(getattr(self, name)))
+    if self.decoder_output_stride is not None and isinstance(self.decoder_output_stride, (list, tuple)):
+      if len(self.decoder_output_stride) != 1:
+        raise ValueError(
+            f"decoder_output_stride={self.decoder_output_stride}: only one decoder stage is supported "
+            "(as in every published DeepLabv3+ model); give a single integer such as 4.")
+      object.__setattr__(self, "decoder_output_stride", int(self.decoder_output_stride[0]))
+    if self.output_stride not in VALID_OUTPUT_STRIDES:
+      raise ValueError(f"output_stride={self.output_stride}: expected one of {VALID_OUTPUT_STRIDES}.")
+    if self.num_classes < 1:
+      raise ValueError(f"num_classes={self.num_classes}: expected a positive number of classes.")
+    if self.decoder_output_stride is not None and not (
+        0 < self.decoder_output_stride < self.output_stride):
+      raise ValueError(
+          f"decoder_output_stride={self.decoder_output_stride}: expected a stride smaller than "
+          f"output_stride={self.output_stride} (4 in DeepLabv3+), or None for no decoder.")
+    if self.multi_grid is not None and len(self.multi_grid) != 3:
+      raise ValueError(f"multi_grid={self.multi_grid}: expected three unit rates, e.g. (1, 2, 4).")
+    if self.image_pooling_crop_size is not None and len(self.image_pooling_crop_size) != 2:
+      raise ValueError(
+          f"image_pooling_crop_size={self.image_pooling_crop_size}: expected (height, width) in pixels.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions(_JsonOptions):
+  """How to train, with research/deeplab's `train.py` flag names and the papers' defaults.
+
+  Attributes:
+    train_crop_size: (height, width) of training crops in pixels; 513x513 in the papers.
+    train_batch_size: global batch size (split across replicas); 16 in DeepLabv3, section 4.1.
+    training_number_of_steps: total optimizer steps.
+    base_learning_rate: initial learning rate (0.007 for trainaug, 1e-4 to fine-tune).
+    learning_policy: 'poly', 'step' or 'cosine'.
+    learning_power: exponent of the poly schedule (0.9).
+    learning_rate_decay_step, learning_rate_decay_factor: for the 'step' policy.
+    slow_start_step, slow_start_learning_rate: linear warm-up (steps, learning rate).
+    momentum: SGD momentum (0.9).
+    weight_decay: L2 weight decay on convolution kernels (4e-5 for Xception/MobileNet, 1e-4 ResNet).
+    fine_tune_batch_norm: train BatchNorm (True at batch >= 12); False freezes it in inference mode.
+    min_scale_factor, max_scale_factor, scale_factor_step_size: random scaling of training images.
+    top_k_percent_pixels: hard pixel mining: keep this fraction of the highest pixel losses (1.0 = all).
+    hard_example_mining_step: steps over which top-k mining is ramped in from all pixels.
+    upsample_logits: compute the loss on logits upsampled to the label size (True) or on labels
+      downsampled to the logits (False).
+    last_layer_gradient_multiplier: gradient multiplier of the last layer(s).
+    save_interval_steps: checkpoint every this many steps.
+    save_summaries_steps: TensorBoard scalars every this many steps.
+    max_to_keep: checkpoints kept.
+    log_steps: print progress every this many steps.
+  """
+
+  train_crop_size: Tuple[int, int] = (513, 513)
+  train_batch_size: int = 16
+  training_number_of_steps: int = 30000
+  base_learning_rate: float = 0.007
+  learning_policy: str = "poly"
+  learning_power: float = 0.9
+  learning_rate_decay_step: int = 2000
+  learning_rate_decay_factor: float = 0.1
+  slow_start_step: int = 0
+  slow_start_learning_rate: float = 1e-4
+  momentum: float = 0.9
+  weight_decay: float = 4e-5
+  fine_tune_batch_norm: bool = True
+  min_scale_factor: float = 0.5
+  max_scale_factor: float = 2.0
+  scale_factor_step_size: float = 0.25
+  top_k_percent_pixels: float = 1.0
+  hard_example_mining_step: int = 0
+  upsample_logits: bool = True
+  last_layer_gradient_multiplier: float = 1.0
+  save_interval_steps: int = 1000
+  save_summaries_steps: int = 100
+  max_to_keep: int = 5
+  log_steps: int = 10
+
+  def __post_init__(self):
+    object.__setattr__(self, "train_crop_size", _as_tuple(self.train_crop_size))
+    if len(self.train_crop_size) != 2 or min(self.train_crop_size) < 1:
+      raise ValueError(f"train_crop_size={self.train_crop_size}: expected (height, width) in pixels.")
+    if self.train_batch_size < 1:
+      raise ValueError(f"train_batch_size={self.train_batch_size}: expected at least 1.")
+    if not 0.0 < self.top_k_percent_pixels <= 1.0:
+      raise ValueError(f"top_k_percent_pixels={self.top_k_percent_pixels}: expected a value in (0, 1].")
+    if self.learning_policy not in ("poly", "step", "cosine"):
+      raise ValueError(f"learning_policy={self.learning_policy!r}: expected 'poly', 'step' or 'cosine'.")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions(_JsonOptions):
+  """How to evaluate, with research/deeplab's `eval.py` flag names.
+
+  Attributes:
+    eval_crop_size: (height, width) in pixels the images are padded to (mean pixel) before inference;
+      None runs each image at its own size. 513x513 for VOC, 1025x2049 for Cityscapes.
+    eval_scales: image scales whose softmax probabilities are averaged (multi-scale inference).
+    add_flipped_images: also average over the left-right flipped images at every scale.
+  """
+
+  eval_crop_size: Optional[Tuple[int, int]] = None
+  eval_scales: Tuple[float, ...] = (1.0,)
+  add_flipped_images: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, "eval_crop_size", _as_tuple(self.eval_crop_size))
+    object.__setattr__(self, "eval_scales", tuple(float(s) for s in _as_tuple(self.eval_scales)))
+    if not self.eval_scales or min(self.eval_scales) <= 0:
+      raise ValueError(f"eval_scales={self.eval_scales}: expected one or more positive scales.")
