@@ -16,6 +16,7 @@ setup(
         "pillow",
         "scipy",
         "tqdm",
+        "cityscapesscripts>=2.3,<3",
     ],
     extras_require={
         "test": ["pytest"],
