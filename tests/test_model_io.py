@@ -1,0 +1,51 @@
+"""Round trips through deeplab_tf.model_io: options JSON, TF2 checkpoints, .keras files."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import deeplab_tf
+from deeplab_tf import model_io
+
+OPTIONS = deeplab_tf.ModelOptions(model_variant="xception_41", num_classes=3, output_stride=16,
+                                  atrous_rates=(6, 12, 18), decoder_output_stride=4)
+
+
+def test_options_json_round_trip(tmp_path):
+  path = model_io.save_model_options(str(tmp_path), OPTIONS)
+  assert json.load(open(path))["atrous_rates"] == [6, 12, 18]
+  assert model_io.load_model_options(str(tmp_path)) == OPTIONS
+  assert [p.name for p in tmp_path.iterdir()] == ["model_options.json"]  # No temporary left behind.
+
+
+def test_checkpoint_dir_restores_same_outputs(tmp_path):
+  model = deeplab_tf.build_deeplab(OPTIONS)
+  for w in model.trainable_weights[:5]:
+    w.assign(w + 0.5)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path), max_to_keep=1)
+  manager.save(checkpoint_number=7)
+  model_io.save_model_options(str(tmp_path), OPTIONS)
+  images = np.random.default_rng(0).uniform(0, 255, (1, 33, 47, 3)).astype(np.float32)
+  restored, options = model_io.load_model(str(tmp_path))
+  assert options == OPTIONS
+  np.testing.assert_allclose(restored(images, training=False), model(images, training=False),
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_missing_options_and_checkpoint_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+    model_io.load_model(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="not a checkpoint prefix"):
+    model_io.load_model(str(tmp_path / "ckpt-1"))
+  with pytest.raises(FileNotFoundError, match="model_options.json"):
+    model_io.load_model_options(str(tmp_path))
+
+
+def test_wrong_architecture_is_refused(tmp_path):
+  model = deeplab_tf.build_deeplab(OPTIONS)
+  prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt-1"))
+  other = OPTIONS.replace(num_classes=5)
+  with pytest.raises(ValueError):
+    model_io.load_model(prefix, options=other)
