@@ -157,6 +157,22 @@ class TrainOptions(_JsonOptions):
     save_summaries_steps: TensorBoard scalars every this many steps.
     max_to_keep: checkpoints kept.
     log_steps: print progress every this many steps.
+    slow_start_burnin_type: 'none' (constant `slow_start_learning_rate` for `slow_start_step` steps, the
+      original's default) or 'linear' (ramp linearly from it to `base_learning_rate`).
+    class_weights: per-class loss weights, one per class (the original's `loss_weight` list in
+      `train_utils.add_softmax_cross_entropy_loss_for_each_scale`); None weights every class 1.
+    tf_initial_checkpoint: weights to start from when the log directory has no checkpoint yet: a
+      `.keras` / `.weights.h5` file, one of our TF2 checkpoints (prefix or log directory) or a
+      research/deeplab model-zoo TF1 checkpoint prefix.
+    initialize_last_layer: also restore the last layer(s) from `tf_initial_checkpoint` (False when
+      fine-tuning on a dataset with other classes).
+    last_layers_contain_logits_only: the "last layers" are only `logits`; otherwise also the ASPP
+      (`image_pooling`, `aspp*`, `concat_projection`) and `decoder` (`model.get_extra_layer_scopes`).
+    mixed_precision: Keras dtype policy: 'float32', 'mixed_bfloat16' or 'mixed_float16' (with loss
+      scaling); logits and loss stay float32.
+    sync_batch_norm: synchronise BatchNorm batch statistics across replicas.
+    save_summaries_images: also write image, label and prediction image summaries.
+    seed: random seed of the model initialisation and of the input pipeline; None is unseeded.
   """
 
   train_crop_size: Tuple[int, int] = (513, 513)
@@ -183,9 +199,19 @@ class TrainOptions(_JsonOptions):
   save_summaries_steps: int = 100
   max_to_keep: int = 5
   log_steps: int = 10
+  slow_start_burnin_type: str = "none"
+  class_weights: Optional[Tuple[float, ...]] = None
+  tf_initial_checkpoint: Optional[str] = None
+  initialize_last_layer: bool = True
+  last_layers_contain_logits_only: bool = False
+  mixed_precision: str = "float32"
+  sync_batch_norm: bool = False
+  save_summaries_images: bool = False
+  seed: Optional[int] = None
 
   def __post_init__(self):
     object.__setattr__(self, "train_crop_size", _as_tuple(self.train_crop_size))
+    object.__setattr__(self, "class_weights", _as_tuple(self.class_weights))
     if len(self.train_crop_size) != 2 or min(self.train_crop_size) < 1:
       raise ValueError(f"train_crop_size={self.train_crop_size}: expected (height, width) in pixels.")
     if self.train_batch_size < 1:
@@ -194,6 +220,21 @@ class TrainOptions(_JsonOptions):
       raise ValueError(f"top_k_percent_pixels={self.top_k_percent_pixels}: expected a value in (0, 1].")
     if self.learning_policy not in ("poly", "step", "cosine"):
       raise ValueError(f"learning_policy={self.learning_policy!r}: expected 'poly', 'step' or 'cosine'.")
+    if self.slow_start_burnin_type not in ("none", "linear"):
+      raise ValueError(f"slow_start_burnin_type={self.slow_start_burnin_type!r}: expected 'none' or "
+                       "'linear'.")
+    if self.mixed_precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
+      raise ValueError(f"mixed_precision={self.mixed_precision!r}: expected 'float32', "
+                       "'mixed_bfloat16' or 'mixed_float16'.")
+    if self.class_weights is not None and min(self.class_weights, default=0.0) < 0:
+      raise ValueError(f"class_weights={self.class_weights}: expected non-negative weights.")
+    if self.training_number_of_steps < 1:
+      raise ValueError(
+          f"training_number_of_steps={self.training_number_of_steps}: expected at least 1.")
+    if self.save_interval_steps < 1 or self.save_summaries_steps < 1 or self.log_steps < 1:
+      raise ValueError(
+          f"save_interval_steps={self.save_interval_steps}, save_summaries_steps="
+          f"{self.save_summaries_steps}, log_steps={self.log_steps}: expected at least 1 each.")
 
 
 @dataclasses.dataclass(frozen=True)
