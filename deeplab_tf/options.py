@@ -245,15 +245,28 @@ class EvalOptions(_JsonOptions):
     eval_crop_size: (height, width) in pixels the images are padded to (mean pixel) before inference;
       None runs each image at its own size. 513x513 for VOC, 1025x2049 for Cityscapes.
     eval_scales: image scales whose softmax probabilities are averaged (multi-scale inference).
-    add_flipped_images: also average over the left-right flipped images at every scale.
+    add_flipped_images: also average over the left-right flipped images at every scale (also at a
+      single scale, which the original silently skipped).
+    sliding_window: images larger than `eval_crop_size` are predicted window by window (crop-sized
+      windows, overlapping by `sliding_window_overlap`, probabilities averaged where they overlap);
+      when False such an image is an error, as the crop must cover the largest image in the original.
+    sliding_window_overlap: minimum fraction in [0, 1) of a window shared with its neighbour.
   """
 
   eval_crop_size: Optional[Tuple[int, int]] = None
   eval_scales: Tuple[float, ...] = (1.0,)
   add_flipped_images: bool = False
+  sliding_window: bool = False
+  sliding_window_overlap: float = 1.0 / 3.0
 
   def __post_init__(self):
     object.__setattr__(self, "eval_crop_size", _as_tuple(self.eval_crop_size))
     object.__setattr__(self, "eval_scales", tuple(float(s) for s in _as_tuple(self.eval_scales)))
     if not self.eval_scales or min(self.eval_scales) <= 0:
       raise ValueError(f"eval_scales={self.eval_scales}: expected one or more positive scales.")
+    if self.eval_crop_size is not None and (len(self.eval_crop_size) != 2 or min(self.eval_crop_size) < 1):
+      raise ValueError(f"eval_crop_size={self.eval_crop_size}: expected (height, width) in pixels.")
+    if self.sliding_window and self.eval_crop_size is None:
+      raise ValueError("sliding_window=True needs eval_crop_size, the window size.")
+    if not 0.0 <= self.sliding_window_overlap < 1.0:
+      raise ValueError(f"sliding_window_overlap={self.sliding_window_overlap}: expected a value in [0, 1).")
