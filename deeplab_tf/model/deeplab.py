@@ -17,6 +17,41 @@ from deeplab_tf.options import ModelOptions
 LOGITS_SCOPE = "logits/semantic"
 
 
+def build_logits(features, options: ModelOptions):
+  """The logits layer `logits/semantic` (research/deeplab `model.py`, `get_branch_logits`).
+
+  With the ASPP head (`aspp_with_batch_norm`) or no `atrous_rates`: one `logits_kernel_size` conv with
+  bias, no BN or activation. Without the head but with `atrous_rates` (DeepLabv2's ASPP): one such
+  conv per rate, dilated by it, named `logits/semantic`, `logits/semantic_1`, ..., summed.
+
+  Args:
+    features: `[batch, h, w, c]` head (or encoder) output.
+    options: uses `num_classes`, `logits_kernel_size`, `aspp_with_batch_norm`, `atrous_rates`.
+
+  Returns:
+    `[batch, h, w, num_classes]` float32 logits.
+
+  Raises:
+    ValueError: `logits_kernel_size` != 1 with the ASPP head or without atrous rates (as the original).
+  """
+  rates = (1,)
+  if not options.aspp_with_batch_norm and options.atrous_rates:
+    rates = tuple(options.atrous_rates)
+  elif options.logits_kernel_size != 1:
+    raise ValueError(f"logits_kernel_size={options.logits_kernel_size}: must be 1 when atrous_rates is "
+                     "empty or aspp_with_batch_norm is set (research/deeplab get_branch_logits).")
+  branches = []
+  for i, rate in enumerate(rates):
+    branches.append(keras.layers.Conv2D(
+        options.num_classes, options.logits_kernel_size, dilation_rate=rate, padding="same",
+        use_bias=True, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
+        name=layers.scope_to_layer_name(LOGITS_SCOPE + (f"_{i}" if i else "")),
+        dtype="float32")(features))
+  if len(branches) == 1:
+    return branches[0]
+  return keras.layers.Add(name="logits.sum", dtype="float32")(branches)
+
+
 def build_deeplab(options: ModelOptions, input_shape=(None, None, 3), input_dtype: str = "float32",
                   name: str = "deeplab") -> keras.Model:
   """Builds DeepLabv3 (no decoder) or DeepLabv3+ (with `decoder_output_stride`).
@@ -44,16 +79,15 @@ def build_deeplab(options: ModelOptions, input_shape=(None, None, 3), input_dtyp
   if options.aspp_with_batch_norm:
     features = build_aspp(features, options)
   if options.decoder_output_stride is not None:
-    low_level = endpoints.get("low_level")
-    if low_level is None or options.decoder_output_stride != 4:
+    low_level = endpoints.get(f"decoder_end_point/{options.decoder_output_stride}")
+    if low_level is None:
+      known = sorted(int(k.split("/")[1]) for k in endpoints if k.startswith("decoder_end_point/"))
       raise ValueError(
-          f"decoder_output_stride={options.decoder_output_stride}: {options.model_variant} provides a "
-          "low-level feature at output stride 4 only; use 4 or None.")
+          f"decoder_output_stride={options.decoder_output_stride}: {options.model_variant} provides "
+          f"decoder features at output strides {known} only (research/deeplab "
+          "networks_to_feature_maps); use one of them or None.")
     features = build_decoder(features, low_level, options.decoder_use_separable_conv)
-  logits = keras.layers.Conv2D(
-      options.num_classes, options.logits_kernel_size, padding="same", use_bias=True,
-      kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
-      name=layers.scope_to_layer_name(LOGITS_SCOPE), dtype="float32")(features)
+  logits = build_logits(features, options)
   if options.prediction_with_upsampled_logits:
     logits = layers.ResizeLike(name="upsample_logits", dtype="float32")([logits, images])
   return keras.Model(images, logits, name=name)

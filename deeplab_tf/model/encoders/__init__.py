@@ -3,8 +3,10 @@
 Each entry says how to build the encoder on preprocessed images and which preprocessing it expects
 (research/deeplab `core/feature_extractor.py`: `_PREPROCESS_FN`, `networks_map`, `name_scope`).
 A builder takes `(images, options)` with `images` `[batch, height, width, 3]` float in the encoder's
-input range and returns named endpoints, at least `"encoder_output"` (`[batch, ~h/os, ~w/os, c]`) and
-`"low_level"` (the decoder's feature at output stride 4, or None where the encoder has none).
+input range and returns named endpoints, at least `"encoder_output"` (`[batch, ceil(h/os),
+ceil(w/os), c]`), `"low_level"` (the decoder's feature at output stride 4) and
+`"decoder_end_point/<s>"` for each stride s in 4, 8, 16 the original's decoder can read
+(`networks_to_feature_maps`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import dataclasses
 from typing import Callable, Dict
 
 from deeplab_tf.model import layers
-from deeplab_tf.model.encoders import xception
+from deeplab_tf.model.encoders import mobilenet_v2, resnet, xception
 from deeplab_tf.options import ModelOptions
 
 EncoderBuilder = Callable[[object, ModelOptions], Dict[str, object]]
@@ -52,3 +54,17 @@ for _variant in xception.XCEPTION_VARIANTS:
       lambda images, options, _v=_variant: xception.build_xception(
           images, _v, options.output_stride, options.multi_grid),
       layers.ZERO_MEAN_UNIT_RANGE)
+
+for _variant in resnet.RESNET_VARIANTS:
+  register_encoder(
+      _variant,
+      lambda images, options, _v=_variant: resnet.build_resnet(
+          images, _v, options.output_stride, options.multi_grid),
+      layers.ZERO_MEAN_UNIT_RANGE if resnet.RESNET_VARIANTS[_variant].beta
+      else layers.SUBTRACT_IMAGENET_MEAN)
+
+register_encoder(
+    "mobilenet_v2",
+    lambda images, options: mobilenet_v2.build_mobilenet_v2(
+        images, options.output_stride, options.depth_multiplier, options.divisible_by),
+    layers.ZERO_MEAN_UNIT_RANGE)

@@ -52,20 +52,24 @@ def _middle_and_exit(middle_units: int) -> Tuple[XceptionBlock, ...]:
   )
 
 
-# Block lists of `xception_41`, `xception_65` and `xception_71` in core/xception.py, with the endpoint the
-# decoder uses at output stride 4 (core/feature_extractor.py `networks_to_feature_maps`).
+def _decoder_end_points(entry_block_s4: str, entry_block_s8: str) -> Dict[int, str]:
+  unit = "unit_1/xception_module/separable_conv2_pointwise"
+  return {4: f"entry_flow/{entry_block_s4}/{unit}", 8: f"entry_flow/{entry_block_s8}/{unit}",
+          16: f"exit_flow/block1/{unit}"}
+
+
+# Block lists of `xception_41`, `xception_65` and `xception_71` in core/xception.py, with the features
+# the decoder may use per output stride (core/feature_extractor.py `networks_to_feature_maps`).
 XCEPTION_VARIANTS = {
-    "xception_41": (_entry_flow_65() + _middle_and_exit(8),
-                    "entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise"),
-    "xception_65": (_entry_flow_65() + _middle_and_exit(16),
-                    "entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise"),
+    "xception_41": (_entry_flow_65() + _middle_and_exit(8), _decoder_end_points("block2", "block3")),
+    "xception_65": (_entry_flow_65() + _middle_and_exit(16), _decoder_end_points("block2", "block3")),
     "xception_71": ((
         XceptionBlock("entry_flow/block1", (128, 128, 128), "conv", 2),
         XceptionBlock("entry_flow/block2", (256, 256, 256), "conv", 1),
         XceptionBlock("entry_flow/block3", (256, 256, 256), "conv", 2),
         XceptionBlock("entry_flow/block4", (728, 728, 728), "conv", 1),
         XceptionBlock("entry_flow/block5", (728, 728, 728), "conv", 2),
-    ) + _middle_and_exit(16), "entry_flow/block3/unit_1/xception_module/separable_conv2_pointwise"),
+    ) + _middle_and_exit(16), _decoder_end_points("block3", "block5")),
 }
 
 
@@ -139,8 +143,9 @@ def build_xception(images, model_variant: str, output_stride: int,
     multi_grid: unit rates of exit_flow/block2, default (1, 1, 1).
 
   Returns:
-    `{"low_level": [batch, ~height/4, ~width/4, 256 or 256], "encoder_output": [batch, ~height/os,
-    ~width/os, 2048], <every separable conv scope>: tensor}`.
+    `{"low_level": [batch, ceil(height/4), ceil(width/4), 256], "encoder_output": [batch,
+    ceil(height/os), ceil(width/os), 2048], "decoder_end_point/<4|8|16>": the decoder's feature at that
+    stride, <every separable conv scope>: tensor}`.
 
   Raises:
     ValueError: unknown variant, or an output_stride the network cannot reach.
@@ -149,7 +154,7 @@ def build_xception(images, model_variant: str, output_stride: int,
     raise ValueError(f"model_variant={model_variant!r}: expected one of {sorted(XCEPTION_VARIANTS)}.")
   if output_stride % 2:
     raise ValueError(f"output_stride={output_stride}: expected an even number.")
-  blocks, low_level_name = XCEPTION_VARIANTS[model_variant]
+  blocks, decoder_end_points = XCEPTION_VARIANTS[model_variant]
   multi_grid = tuple(multi_grid) if multi_grid else (1, 1, 1)
   init = keras.initializers.TruncatedNormal(stddev=XCEPTION_INITIALIZER_STDDEV)
   root = model_variant
@@ -177,6 +182,8 @@ def build_xception(images, model_variant: str, output_stride: int,
         current_stride *= block.stride
   if current_stride != target:
     raise ValueError(f"output_stride={output_stride} cannot be reached by {model_variant}.")
-  endpoints["low_level"] = endpoints[f"{root}/{low_level_name}"]
+  for stride, name in decoder_end_points.items():
+    endpoints[f"decoder_end_point/{stride}"] = endpoints[f"{root}/{name}"]
+  endpoints["low_level"] = endpoints["decoder_end_point/4"]
   endpoints["encoder_output"] = net
   return endpoints
