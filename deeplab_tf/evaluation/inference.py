@@ -1,0 +1,240 @@
+"""Inference as research/deeplab evaluates: eval padding, multi-scale + flip averaging, sliding windows.
+
+research/deeplab `model.py: predict_labels_multi_scale` and `eval.py`:
+- Images are padded (bottom/right, with the mean pixel so that padding is 0 after preprocessing) to
+  `eval_crop_size` (`input_preprocess.preprocess_image_and_label`); we crop the prediction back to
+  the image so that callers get one value per image pixel.
+- For every scale s in `eval_scales`, the image is resized bilinearly with align_corners=True to
+  `(size - 1) * s + 1` pixels (`scale_dimension`), the network's logits at its output stride are
+  resized (bilinear, align_corners) straight back to the input size, and their softmax is taken.
+  With `add_flipped_images` the same is done on the left-right flipped image, whose probabilities are
+  flipped back. The prediction is the mean of all these probabilities. The original skipped flipping
+  when only one scale was given (it then called `predict_labels`); we flip at one scale too.
+- Sliding windows (not in the original, whose eval crop must cover the largest image): an image larger
+  than `eval_crop_size` is cut into crop-sized windows; along each axis of size D > window size c the
+  stride is `floor(c * (1 - sliding_window_overlap))` (at least 1), the windows start at
+  `0, stride, 2 * stride, ...` and the last one is moved back to end exactly at D (so neighbours share
+  at least the overlap fraction); probabilities of overlapping windows are averaged per pixel. An axis
+  no larger than c has one window, padded to c as above.
+
+Models are our DeepLab Keras models (or any Keras model mapping `[b, h, w, 3]` RGB in [0, 255] to
+logits `[b, h', w', classes]`). For a model built by `build_deeplab`, the logits before its final
+`upsample_logits` layer are used so that, as in the original, logits are resized only once.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deeplab_tf.model import layers as model_layers
+from deeplab_tf.options import EvalOptions
+
+# The name build_deeplab gives the layer resizing the logits to the input size.
+UPSAMPLE_LAYER_NAME = "upsample_logits"
+# Mean pixel of [-1, 1] encoders (Xception, MobileNet, ResNet beta): 127.5 becomes 0.
+ZERO_MEAN_UNIT_RANGE_MEAN_PIXEL = (127.5, 127.5, 127.5)
+
+_LOW_RESOLUTION_MODELS = weakref.WeakKeyDictionary()
+
+
+def mean_pixel_for_preprocessing(preprocessing: str):
+  """The RGB padding value that the encoder's preprocessing maps to 0 (REFERENCE "Input normalisation").
+
+  Raises:
+    ValueError: for an unknown preprocessing name.
+  """
+  if preprocessing == model_layers.ZERO_MEAN_UNIT_RANGE:
+    return ZERO_MEAN_UNIT_RANGE_MEAN_PIXEL
+  if preprocessing == model_layers.SUBTRACT_IMAGENET_MEAN:
+    return tuple(model_layers.IMAGENET_MEAN_RGB)
+  raise ValueError(f"preprocessing={preprocessing!r}: expected {model_layers.ZERO_MEAN_UNIT_RANGE!r} "
+                   f"or {model_layers.SUBTRACT_IMAGENET_MEAN!r}.")
+
+
+def model_mean_pixel(model) -> tuple:
+  """The mean pixel of a `build_deeplab` model (from its `Preprocess` layer); 127.5 for other models."""
+  for layer in getattr(model, "layers", ()):
+    if isinstance(layer, model_layers.Preprocess):
+      return mean_pixel_for_preprocessing(layer.mode)
+  return ZERO_MEAN_UNIT_RANGE_MEAN_PIXEL
+
+
+def low_resolution_logits_model(model):
+  """`model` without its final `upsample_logits` layer (the same weights), or `model` itself.
+
+  The original resizes the logits at output stride straight to the image size
+  (`predict_labels_multi_scale`); resizing our model's already upsampled logits again would
+  interpolate twice at scales other than 1.
+  """
+  try:
+    return _LOW_RESOLUTION_MODELS[model]
+  except (KeyError, TypeError):
+    pass
+  result = model
+  if isinstance(model, keras.Model) and getattr(model, "outputs", None):  # functional models only
+    try:
+      upsample = model.get_layer(UPSAMPLE_LAYER_NAME)
+    except ValueError:
+      upsample = None
+    if upsample is not None and len(model.outputs) == 1 and model.outputs[0] is upsample.output:
+      result = keras.Model(model.inputs, upsample.input[0], name=model.name + "_low_resolution")
+  try:
+    _LOW_RESOLUTION_MODELS[model] = result
+  except TypeError:
+    pass
+  return result
+
+
+def window_offsets(size: int, window: int, overlap: float) -> List[int]:
+  """Start offsets of sliding windows along one axis (the rule in the module docstring).
+
+  Args:
+    size: length of the axis in pixels.
+    window: window length in pixels.
+    overlap: minimum fraction in [0, 1) of a window shared with the next one.
+
+  Returns:
+    Sorted offsets; `[0]` when `size <= window`, else the last is `size - window`.
+  """
+  if size <= window:
+    return [0]
+  stride = max(1, int(math.floor(window * (1.0 - overlap))))
+  count = int(math.ceil((size - window) / stride)) + 1
+  return sorted({min(i * stride, size - window) for i in range(count)})
+
+
+def pad_to_size(images, size, mean_pixel):
+  """Pads `[b, h, w, 3]` float32 images at the bottom/right to `size` with `mean_pixel`.
+
+  Image pixels are kept bit-exact (the mean is added to the padding only). An axis already at least
+  as long as `size` is left as it is.
+
+  Returns:
+    float32 `[b, max(h, size[0]), max(w, size[1]), 3]`.
+  """
+  images = tf.cast(images, tf.float32)
+  shape = tf.shape(images)
+  pad_h = tf.maximum(size[0] - shape[1], 0)
+  pad_w = tf.maximum(size[1] - shape[2], 0)
+  paddings = [[0, 0], [0, pad_h], [0, pad_w], [0, 0]]
+  padded = tf.pad(images, paddings)
+  outside = 1.0 - tf.pad(tf.ones_like(images[..., :1]), paddings)
+  return padded + outside * tf.reshape(tf.constant(mean_pixel, tf.float32), [1, 1, 1, 3])
+
+
+def _model_input(model, images):
+  """Casts float32 images to the model's input dtype (rounded and clipped for uint8 models)."""
+  inputs = getattr(model, "inputs", None)
+  dtype = tf.as_dtype(inputs[0].dtype) if inputs else tf.float32
+  if dtype == tf.uint8:
+    return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8)
+  return tf.cast(images, dtype)
+
+
+def scaled_size(size, scale: float):
+  """research/deeplab `scale_dimension`: `int((size - 1) * scale + 1)` for an int32 size tensor."""
+  return tf.cast((tf.cast(size, tf.float32) - 1.0) * scale + 1.0, tf.int32)
+
+
+def _multi_scale_probabilities(model, images, scales: Sequence[float], add_flipped_images: bool):
+  """Mean softmax over scales (and flips) of float32 images `[b, h, w, 3]` -> `[b, h, w, classes]`."""
+  network = low_resolution_logits_model(model)
+  size = tf.shape(images)[1:3]
+  total = None
+  count = 0
+  for scale in scales:
+    scaled = images if scale == 1.0 else model_layers.resize_bilinear_align_corners(
+        images, scaled_size(size, scale))
+    batch = tf.concat([scaled, tf.reverse(scaled, [2])], axis=0) if add_flipped_images else scaled
+    logits = tf.cast(network(_model_input(model, batch), training=False), tf.float32)
+    probabilities = tf.nn.softmax(model_layers.resize_bilinear_align_corners(logits, size))
+    if add_flipped_images:
+      plain, flipped = tf.split(probabilities, 2, axis=0)
+      probabilities = plain + tf.reverse(flipped, [2])
+      count += 2
+    else:
+      count += 1
+    total = probabilities if total is None else total + probabilities
+  return total / float(count)
+
+
+def _sliding_window_probabilities(model, images, eval_options: EvalOptions, mean_pixel):
+  """Window-by-window probabilities of `[b, H, W, 3]` images with static H, W (see module docstring)."""
+  crop_h, crop_w = eval_options.eval_crop_size
+  height, width = int(images.shape[1]), int(images.shape[2])
+  total = None
+  counts = np.zeros((1, height, width, 1), np.float32)
+  for top in window_offsets(height, crop_h, eval_options.sliding_window_overlap):
+    for left in window_offsets(width, crop_w, eval_options.sliding_window_overlap):
+      window = images[:, top:top + crop_h, left:left + crop_w]
+      win_h, win_w = int(window.shape[1]), int(window.shape[2])
+      probabilities = _multi_scale_probabilities(
+          model, pad_to_size(window, (crop_h, crop_w), mean_pixel), eval_options.eval_scales,
+          eval_options.add_flipped_images)[:, :win_h, :win_w].numpy()
+      if total is None:
+        total = np.zeros((probabilities.shape[0], height, width, probabilities.shape[-1]), np.float32)
+      total[:, top:top + win_h, left:left + win_w] += probabilities
+      counts[:, top:top + win_h, left:left + win_w] += 1.0
+  return tf.constant(total / counts)
+
+
+def predict_probabilities(model, images, eval_options: Optional[EvalOptions] = None, *,
+                          mean_pixel: Optional[Sequence[float]] = None):
+  """Class probabilities averaged over `eval_scales` and flips, at the images' own size.
+
+  Works eagerly and inside `tf.function` (the export traces it); sliding windows need static
+  height and width and run eagerly only.
+
+  Args:
+    model: a `build_deeplab` model (or any Keras model from `[b, h, w, 3]` images to logits).
+    images: `[batch, height, width, 3]` RGB in [0, 255], float32 or uint8 (numpy or tensor).
+    eval_options: scales, flipping, eval crop and sliding window; None means single scale, no flip,
+      no padding.
+    mean_pixel: RGB padding value; None takes the model's (127.5, or the ImageNet mean RGB for plain
+      ResNets).
+
+  Returns:
+    float32 tensor `[batch, height, width, num_classes]` of probabilities summing to 1 per pixel.
+
+  Raises:
+    ValueError: if `images` is not `[batch, height, width, 3]`, or an image is larger than
+      `eval_crop_size` while `sliding_window` is off.
+  """
+  eval_options = eval_options or EvalOptions()
+  images = tf.cast(tf.convert_to_tensor(images), tf.float32)
+  if images.shape.rank != 4 or images.shape[-1] not in (3, None):
+    raise ValueError(f"images must be [batch, height, width, 3] RGB, got shape {images.shape}.")
+  if mean_pixel is None:
+    mean_pixel = model_mean_pixel(model)
+  crop = eval_options.eval_crop_size
+  if crop is None:
+    return _multi_scale_probabilities(model, images, eval_options.eval_scales,
+                                      eval_options.add_flipped_images)
+  height, width = images.shape[1], images.shape[2]
+  if height is not None and width is not None and (height > crop[0] or width > crop[1]):
+    if not eval_options.sliding_window:
+      raise ValueError(
+          f"image of {height}x{width} pixels is larger than eval_crop_size={crop[0]},{crop[1]}; use an "
+          "eval crop at least as large as the largest image (output_stride * k + 1, e.g. 513,513 for "
+          "VOC, 1025,2049 for Cityscapes) or turn on sliding_window.")
+    return _sliding_window_probabilities(model, images, eval_options, mean_pixel)
+  size = tf.shape(images)[1:3]
+  probabilities = _multi_scale_probabilities(model, pad_to_size(images, crop, mean_pixel),
+                                             eval_options.eval_scales, eval_options.add_flipped_images)
+  return probabilities[:, :size[0], :size[1]]
+
+
+def predict_labels(model, images, eval_options: Optional[EvalOptions] = None, *,
+                   mean_pixel: Optional[Sequence[float]] = None):
+  """Argmax of `predict_probabilities`: int32 tensor `[batch, height, width]` of class ids.
+
+  Same arguments and errors as `predict_probabilities`.
+  """
+  probabilities = predict_probabilities(model, images, eval_options, mean_pixel=mean_pixel)
+  return tf.argmax(probabilities, axis=-1, output_type=tf.int32)

@@ -1,0 +1,127 @@
+"""Multi-scale + flip averaging, eval padding and sliding windows against hand-computed probabilities.
+
+The models here have logits we control, so the expected probabilities are written down by hand:
+class 0 always has logit 0, class 1 a logit computed from the red channel, so p1 = sigmoid(logit).
+"""
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab_tf import EvalOptions, ModelOptions, build_deeplab
+from deeplab_tf.evaluation import inference
+
+
+def sigmoid(x):
+  return 1.0 / (1.0 + math.exp(-x))
+
+
+def _two_class_model(class1_logit):
+  images = keras.Input((None, None, 3))
+  logit = keras.layers.Lambda(class1_logit)(images)
+  logits = keras.layers.Lambda(lambda t: tf.concat([tf.zeros_like(t), t], axis=-1))(logit)
+  return keras.Model(images, logits)
+
+
+def per_pixel_model():
+  """Logit of class 1 = red value of the same pixel."""
+  return _two_class_model(lambda x: x[..., :1])
+
+
+def cumsum_model():
+  """Logit of class 1 = sum of the red values left of and at the pixel (not flip-equivariant)."""
+  return _two_class_model(lambda x: tf.cumsum(x[..., :1], axis=2))
+
+
+def global_mean_model():
+  """Logit of class 1 = mean red value of the whole input / 100, at every pixel."""
+  return _two_class_model(
+      lambda x: tf.ones_like(x[..., :1]) * tf.reduce_mean(x[..., :1], axis=[1, 2], keepdims=True) / 100.0)
+
+
+def _image(red_rows):
+  red = np.asarray(red_rows, np.float32)
+  return np.stack([red, np.zeros_like(red), np.zeros_like(red)], axis=-1)[None]
+
+
+def test_flip_is_averaged_and_flipped_back_at_a_single_scale():
+  model = cumsum_model()
+  image = _image([[1, 1, 1]])
+  plain = inference.predict_probabilities(model, image, EvalOptions())[0, 0, :, 1].numpy()
+  np.testing.assert_allclose(plain, [sigmoid(1), sigmoid(2), sigmoid(3)], rtol=1e-6)
+  # The flipped image's cumulative sums are [1, 2, 3] from the right: [3, 2, 1] once flipped back.
+  both = inference.predict_probabilities(model, image, EvalOptions(add_flipped_images=True))
+  np.testing.assert_allclose(
+      both[0, 0, :, 1].numpy(),
+      [(sigmoid(1) + sigmoid(3)) / 2, sigmoid(2), (sigmoid(3) + sigmoid(1)) / 2], rtol=1e-6)
+  np.testing.assert_allclose(both.numpy().sum(-1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_scales_are_averaged(flip):
+  # At scale 0.5 a 3x5 image becomes 2x3 (align_corners samples columns 0, 2, 4 -> red 0, 0, 0), so the
+  # logits are 0 everywhere and p1 = 0.5; at scale 1 p1 = sigmoid(red). Flipping a per-pixel model
+  # changes nothing.
+  red = [0, 4, 0, 4, 0]
+  image = _image([red] * 3)
+  options = EvalOptions(eval_scales=(1.0, 0.5), add_flipped_images=flip)
+  probabilities = inference.predict_probabilities(per_pixel_model(), image, options)
+  assert probabilities.shape == (1, 3, 5, 2)
+  expected = [(sigmoid(r) + 0.5) / 2 for r in red]
+  for row in range(3):
+    np.testing.assert_allclose(probabilities[0, row, :, 1].numpy(), expected, rtol=1e-6)
+  labels = inference.predict_labels(per_pixel_model(), image, options)
+  assert labels.dtype == tf.int32 and labels[0, 0].numpy().tolist() == [0, 1, 0, 1, 0]
+
+
+def test_scaled_size_is_the_originals_scale_dimension():
+  assert inference.scaled_size(tf.constant([513, 5]), 0.75).numpy().tolist() == [385, 4]
+  assert inference.scaled_size(tf.constant([513, 5]), 1.75).numpy().tolist() == [897, 8]
+
+
+def test_eval_padding_uses_the_mean_pixel_and_is_cropped_back():
+  image = _image([[0, 0], [0, 0]])
+  options = EvalOptions(eval_crop_size=(4, 4))
+  # 12 of the 16 padded pixels hold the mean pixel 127.5: mean red 95.625, logit 0.95625.
+  probabilities = inference.predict_probabilities(global_mean_model(), image, options)
+  assert probabilities.shape == (1, 2, 2, 2)
+  np.testing.assert_allclose(probabilities[..., 1].numpy(), sigmoid(0.95625), rtol=1e-6)
+  probabilities = inference.predict_probabilities(global_mean_model(), image, options,
+                                                  mean_pixel=(255.0, 0.0, 0.0))
+  np.testing.assert_allclose(probabilities[..., 1].numpy(), sigmoid(12 * 255 / 16 / 100), rtol=1e-6)
+
+
+def test_window_offsets():
+  assert inference.window_offsets(10, 4, 1 / 3) == [0, 2, 4, 6]
+  assert inference.window_offsets(5, 3, 0.0) == [0, 2]
+  assert inference.window_offsets(3, 5, 0.5) == [0]
+
+
+def test_sliding_window_averages_overlapping_windows():
+  image = _image([[0, 0, 0, 300, 300]])
+  options = EvalOptions(eval_crop_size=(1, 3), sliding_window=True)
+  # Windows over columns 0-2 (mean red 0) and 2-4 (mean red 200): column 2 averages both.
+  probabilities = inference.predict_probabilities(global_mean_model(), image, options)
+  np.testing.assert_allclose(probabilities[0, 0, :, 1].numpy(),
+                             [0.5, 0.5, (0.5 + sigmoid(2)) / 2, sigmoid(2), sigmoid(2)], rtol=1e-6)
+  with pytest.raises(ValueError, match=r"1x5 pixels is larger than eval_crop_size=1,3"):
+    inference.predict_probabilities(global_mean_model(), image, EvalOptions(eval_crop_size=(1, 3)))
+
+
+def test_bad_image_shape_raises():
+  with pytest.raises(ValueError, match=r"\[batch, height, width, 3\]"):
+    inference.predict_probabilities(per_pixel_model(), np.zeros((4, 4, 3), np.float32))
+
+
+def test_real_deeplab_matches_its_own_logits():
+  model = build_deeplab(ModelOptions(model_variant="xception_65", num_classes=3, output_stride=16))
+  x = np.random.RandomState(0).uniform(0, 255, (1, 33, 41, 3)).astype(np.float32)
+  softmax = tf.nn.softmax(model(x, training=False))
+  np.testing.assert_allclose(inference.predict_probabilities(model, x).numpy(), softmax.numpy(), atol=1e-6)
+  # Flip averaging equals the full model run on the flipped image, flipped back.
+  flipped = tf.reverse(tf.nn.softmax(model(x[:, :, ::-1], training=False)), [2])
+  both = inference.predict_probabilities(model, x, EvalOptions(add_flipped_images=True))
+  np.testing.assert_allclose(both.numpy(), ((softmax + flipped) / 2).numpy(), atol=1e-5)
+  assert inference.model_mean_pixel(model) == (127.5, 127.5, 127.5)
