@@ -78,7 +78,8 @@ class ModelOptions(_JsonOptions):
     aspp_with_batch_norm: build the ASPP head at all; False returns the encoder features directly to the
       logits layer, as the original does.
     depth_multiplier: MobileNetV2 width multiplier (e.g. 0.5); ignored by other encoders.
-    divisible_by: MobileNetV2 channel rounding; None means the original's default (8).
+    divisible_by: MobileNetV2 channel rounding; None means the original's default (8 at
+      depth_multiplier 1, else 1: research/deeplab feature_extractor._mobilenet_v2).
     image_pooling_crop_size: (height, width) in pixels of the training crop whose encoder output the
       image-pooling branch averages over with a fixed VALID window, as the original does during
       training; None pools globally over whatever the input is (the original at inference).
