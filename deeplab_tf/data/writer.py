@@ -338,8 +338,8 @@ def write_split(records: Iterable[bytes], *, output_dir: str, split: str, num_ex
     The paths of the shards written.
 
   Raises:
-    ValueError: if num_shards < 1 or no record was given.
-    InputError: if output_dir is not writable.
+    ValueError: if num_shards < 1.
+    InputError: if output_dir is not writable, or no record was given.
   """
   if num_shards < 1:
     raise ValueError(f"num_shards is {num_shards}; it must be at least 1.")
@@ -359,7 +359,8 @@ def write_split(records: Iterable[bytes], *, output_dir: str, split: str, num_ex
       writers[shard].write(record)
       count += 1
     if count == 0:
-      raise ValueError(f"No example was written for split {split!r}: every input was skipped.")
+      raise InputError(f"No example was written for split {split!r}: every input was skipped or the "
+                       "split is empty. Fix the inputs the report lists.")
     for i in range(num_shards):
       if writers[i] is None:
         writers[i] = tf.io.TFRecordWriter(temps[i])

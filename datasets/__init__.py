@@ -1,0 +1,1 @@
+"""Dataset converters (absl binaries) writing research/deeplab-format TFRecord shards."""
