@@ -71,6 +71,19 @@ def mirrored_devices(num_gpus: int = 0):
   return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
+def mirrored_strategy(devices) -> tf.distribute.MirroredStrategy:
+  """`MirroredStrategy` over `devices`; CPU-only replicas reduce through one device.
+
+  On CPU devices TF picks collective all-reduces, which deadlock or mismatch when the synchronised
+  BN's forward/backward all-reduces and the optimizer's packed gradient all-reduce run in different
+  orders on different replicas; `ReductionToOneDevice` has no such ordering constraint.
+  """
+  if any("GPU" in d.upper() for d in devices):
+    return tf.distribute.MirroredStrategy(devices=devices)
+  return tf.distribute.MirroredStrategy(
+      devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
 def build_strategy(config: StrategyConfig) -> tf.distribute.Strategy:
   """Creates the strategy. Call it once, before building any model or dataset.
 
@@ -85,7 +98,7 @@ def build_strategy(config: StrategyConfig) -> tf.distribute.Strategy:
   if config.strategy == "default":
     return tf.distribute.get_strategy()
   if config.strategy == "mirrored":
-    return tf.distribute.MirroredStrategy(devices=mirrored_devices(config.num_gpus))
+    return mirrored_strategy(mirrored_devices(config.num_gpus))
   if config.strategy == "multi_worker":
     return tf.distribute.MultiWorkerMirroredStrategy()
   try:

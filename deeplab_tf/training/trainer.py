@@ -80,6 +80,7 @@ class TrainResult:
     wall_time_seconds: time spent in `train`, seconds.
     checkpoint_path: the latest checkpoint prefix written (None if none was written).
     interrupted: stopped early by SIGTERM or `stop_event`, after writing a checkpoint.
+    model: the trained Keras model (built under the strategy's scope).
   """
 
   final_step: int
@@ -89,6 +90,7 @@ class TrainResult:
   wall_time_seconds: float
   checkpoint_path: Optional[str]
   interrupted: bool = False
+  model: Optional[keras.Model] = dataclasses.field(default=None, repr=False)
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")
@@ -459,4 +461,4 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
     history.append((current, last_loss))
   return TrainResult(final_step=current, start_step=start_step, last_loss=last_loss,
                      losses=history, wall_time_seconds=time.time() - started,
-                     checkpoint_path=saved_path, interrupted=interrupted)
+                     checkpoint_path=saved_path, interrupted=interrupted, model=model)
