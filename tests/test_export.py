@@ -1,0 +1,91 @@
+"""SavedModel export: reloaded in a fresh process with plain tf.saved_model.load, same predictions."""
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from deeplab_tf import EvalOptions, ModelOptions, build_deeplab
+from deeplab_tf.evaluation import inference
+from deeplab_tf.export import export_saved_model, read_exported_model_options
+
+PHOTO = os.path.join(os.path.dirname(__file__), "..", "datasets", "samples", "voc2012_sample",
+                     "JPEGImages", "2011_000003.jpg")
+OPTIONS = ModelOptions(model_variant="mobilenet_v2", num_classes=4, output_stride=16, depth_multiplier=0.5)
+
+# Runs in a fresh interpreter: nothing of deeplab_tf may be needed to load and run the export.
+LOAD_AND_RUN = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    export_dir, inputs, outputs = sys.argv[1:4]
+    data = np.load(inputs)
+    loaded = tf.saved_model.load(export_dir)
+    served = loaded.signatures["serving_default"](image_bytes=tf.constant([data["a"].tobytes(), data["b"].tobytes()]))
+    tensor = loaded.signatures["image_tensor"](image_tensor=tf.constant(data["pixels_b"][None]))
+    assert not any(m.startswith("deeplab_tf") for m in sys.modules), "the export needed deeplab_tf"
+    np.savez(outputs, **{"served_" + k: v.numpy() for k, v in served.items()},
+             **{"tensor_" + k: v.numpy() for k, v in tensor.items()})
+""")
+
+
+def _encode(pixels, fmt):
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, format=fmt)
+  return buffer.getvalue()
+
+
+def test_export_reloads_in_a_fresh_process_with_the_same_predictions(tmp_path):
+  model = build_deeplab(OPTIONS)
+  eval_options = EvalOptions(add_flipped_images=True)
+  export_dir = export_saved_model(model, str(tmp_path / "export"), OPTIONS, eval_options)
+  assert read_exported_model_options(export_dir) == OPTIONS
+  assert sorted(os.listdir(tmp_path)) == ["export"]  # no temporary left behind
+
+  photo = np.array(Image.open(PHOTO).convert("RGB"))
+  a = _encode(photo[100:149, 200:265], "JPEG")   # 49x65, a JPEG
+  b = _encode(photo[50:91, 10:67], "PNG")        # 41x57, a PNG
+  pixels_b = photo[50:91, 10:67]
+  np.savez(tmp_path / "in.npz", a=np.frombuffer(a, np.uint8), b=np.frombuffer(b, np.uint8), pixels_b=pixels_b)
+  subprocess.run([sys.executable, "-c", LOAD_AND_RUN, export_dir, str(tmp_path / "in.npz"),
+                  str(tmp_path / "out.npz")], check=True, cwd=str(tmp_path), env={**os.environ})
+  out = np.load(tmp_path / "out.npz")
+
+  np.testing.assert_array_equal(out["served_height"], [49, 41])
+  np.testing.assert_array_equal(out["served_width"], [65, 57])
+  assert out["served_semantic_predictions"].shape == (2, 49, 65)
+  assert out["served_probabilities"].shape == (2, 49, 65, 4)
+  for i, (encoded, (h, w)) in enumerate([(a, (49, 65)), (b, (41, 57))]):
+    image = tf.io.decode_image(encoded, channels=3)[tf.newaxis]
+    expected = inference.predict_probabilities(model, image, eval_options).numpy()[0]
+    np.testing.assert_allclose(out["served_probabilities"][i, :h, :w], expected, atol=1e-5)
+    top2 = np.sort(expected, axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 1e-4
+    labels = out["served_semantic_predictions"][i, :h, :w]
+    np.testing.assert_array_equal(labels[clear], expected.argmax(-1)[clear])
+    assert (out["served_semantic_predictions"][i, h:] == -1).all()
+    assert (out["served_semantic_predictions"][i, :, w:] == -1).all()
+    assert (out["served_probabilities"][i, h:] == 0).all()
+  # The original export's interface: uint8 [1, H, W, 3] in, int32 [1, H, W] out, same as the PNG above.
+  assert out["tensor_semantic_predictions"].dtype == np.int32
+  np.testing.assert_array_equal(out["tensor_semantic_predictions"][0],
+                                out["served_semantic_predictions"][1, :41, :57])
+
+
+def test_export_refuses_existing_dir_and_sliding_window(tmp_path):
+  model = build_deeplab(OPTIONS)
+  (tmp_path / "taken").mkdir()
+  with pytest.raises(FileExistsError, match="taken exists"):
+    export_saved_model(model, str(tmp_path / "taken"), OPTIONS)
+  with pytest.raises(ValueError, match="sliding_window cannot be exported"):
+    export_saved_model(model, str(tmp_path / "new"), OPTIONS,
+                       EvalOptions(eval_crop_size=(33, 33), sliding_window=True))
+  with pytest.raises(ValueError, match="predicts 4 classes but model_options.num_classes=5"):
+    export_saved_model(model, str(tmp_path / "new"), OPTIONS.replace(num_classes=5))
+  assert sorted(os.listdir(tmp_path)) == ["taken"]
