@@ -45,7 +45,8 @@ _BLOCKS = (
     (1, 320, 6),
 )
 
-# `networks_to_feature_maps['mobilenet_v2']` (one-based layer numbers: layer_4 = expanded_conv_3).
+# `networks_to_feature_maps["mobilenet_v2"]`; layer_N is the N-th op of V2_DEF (one-based): layer_1 = Conv,
+# layer_2 = expanded_conv, layer_4 = expanded_conv_2 (24 channels, expanded to 144, at stride 4).
 DECODER_END_POINTS = {4: "layer_4/depthwise_output", 8: "layer_7/depthwise_output",
                       16: "layer_14/depthwise_output"}
 

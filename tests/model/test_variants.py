@@ -1,0 +1,57 @@
+"""Every published variant builds exactly the reference variable list and loads a checkpoint of it.
+
+For each `testdata/reference/vars/<name>.vars.json` (the original's variables, names and shapes): our
+model's weights, named by the one checkpoint rule, are that list (nothing missing, nothing extra),
+count_params() is the sum of the listed shapes (and the reference README's figure), a TF1 checkpoint
+written from the list loads with every variable used, and the model runs on small odd and even inputs
+(33x33, 32x48).
+Each variant is built once, and released before the next (the nine hold ~360M parameters).
+"""
+
+import numpy as np
+import pytest
+
+import deeplab_tf
+import reference_case as rc
+from deeplab_tf.checkpoints import load_tf1_checkpoint, model_weights_by_checkpoint_name
+
+
+@pytest.mark.parametrize("name", sorted(rc.VARIANT_CASES))
+def test_variant(name, tmp_path):
+  options = deeplab_tf.ModelOptions(**rc.VARIANT_CASES[name][0])
+  model = deeplab_tf.build_deeplab(options)
+  names_and_shapes = rc.load_vars(name)
+  expected = dict(names_and_shapes)
+
+  # The variables are the reference list: names and shapes, nothing missing, nothing extra.
+  ours = {n: tuple(w.shape) for n, w in model_weights_by_checkpoint_name(model).items()}
+  assert sorted(set(expected) - set(ours)) == [], "missing"
+  assert sorted(set(ours) - set(expected)) == [], "extra"
+  assert {n: (s, expected[n]) for n, s in ours.items() if expected[n] != s} == {}, "shapes"
+
+  # Parameter count: the sum of the listed shapes and the reference README's figure.
+  listed = sum(int(np.prod(s)) for s in expected.values())
+  assert model.count_params() == listed
+  if rc.VARIANT_CASES[name][1] is not None:
+    assert listed == rc.VARIANT_CASES[name][1]
+  if name == "xception_65":
+    assert model.count_params() == 41_258_213
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 41_055_413
+
+  # A TF1 checkpoint written from the list loads with every variable used and every weight assigned.
+  prefix = rc.write_checkpoint_from_vars(str(tmp_path / "model.ckpt"), names_and_shapes,
+                                         rc.cheap_value)
+  report = load_tf1_checkpoint(model, prefix)
+  assert report.assigned == len(names_and_shapes) == len(model.weights)
+  assert report.skipped_model == () and report.skipped_checkpoint == ()
+  variances = [w for n, w in model_weights_by_checkpoint_name(model).items()
+               if n.endswith("moving_variance")]
+  assert variances and all(np.all(np.asarray(w) == 0.5) for w in variances)
+
+  # Logits at the input size for odd and even inputs.
+  rng = np.random.default_rng(0)
+  for height, width in [(33, 33), (32, 48)]:
+    images = rng.uniform(0, 255, (1, height, width, 3)).astype(np.float32)
+    out = model(images, training=False)
+    assert tuple(out.shape) == (1, height, width, options.num_classes)
+    assert np.all(np.isfinite(out))

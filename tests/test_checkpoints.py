@@ -1,0 +1,152 @@
+"""Import of research/deeplab TF1 checkpoints: the reference equivalence case and the error paths.
+
+The equivalence case: DeepLabv3+ Xception-65 (21 classes, output_stride 16, 129x129) with weights from
+the reference recipe, written as a TF1 checkpoint from the reference variable list and loaded by name;
+its upsampled logits must match the original's to 1e-5 of their largest magnitude (the fp32 noise floor
+between oneDNN on/off runs of the original is 4e-6) with every argmax equal.
+The error paths use MobileNetV2 (DeepLabv3, the smallest published model).
+"""
+
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+import deeplab_tf
+import reference_case as rc
+from deeplab_tf.checkpoints import (CheckpointMismatchError, load_tf1_checkpoint,
+                                    resolve_tf1_checkpoint)
+
+MOBILENET = rc.VARIANT_CASES["mobilenet_v2"][0]
+
+
+@pytest.fixture(scope="module")
+def mobilenet_vars():
+  return rc.load_vars("mobilenet_v2")
+
+
+@pytest.fixture(scope="module")
+def mobilenet_model():
+  return deeplab_tf.build_deeplab(deeplab_tf.ModelOptions(**MOBILENET))
+
+
+@pytest.fixture(scope="module")
+def mobilenet_19_model():
+  return deeplab_tf.build_deeplab(deeplab_tf.ModelOptions(**dict(MOBILENET, num_classes=19)))
+
+
+def _write(tmp_path, names_and_shapes, value_fn=rc.cheap_value):
+  return rc.write_checkpoint_from_vars(str(tmp_path / "model.ckpt"), names_and_shapes, value_fn)
+
+
+def test_xception_65_matches_the_original(tmp_path):
+  case = rc.XCEPTION_65_CASE_DIR
+  prefix = _write(tmp_path, rc.load_vars("xception_65"), rc.det_value)
+  model = deeplab_tf.build_deeplab(deeplab_tf.ModelOptions(
+      model_variant="xception_65", num_classes=21, output_stride=16, atrous_rates=(6, 12, 18),
+      decoder_output_stride=4))
+  report = load_tf1_checkpoint(model, prefix)
+  assert report.assigned == 732
+  ours = model(np.load(os.path.join(case, "input.npy")), training=False).numpy()
+  ref = np.load(os.path.join(case, "logits.npy"))
+  assert ours.shape == ref.shape == (1, 129, 129, 21)
+  assert np.abs(ours - ref).max() / np.abs(ref).max() <= 1e-5
+  np.testing.assert_array_equal(ours.argmax(-1), np.load(os.path.join(case, "predictions.npy")))
+
+
+def test_missing_variable(tmp_path, mobilenet_model, mobilenet_vars):
+  dropped = "MobilenetV2/expanded_conv_5/project/weights"
+  prefix = _write(tmp_path, [(n, s) for n, s in mobilenet_vars if n != dropped])
+  with pytest.raises(CheckpointMismatchError, match="1 missing, 0 unexpected") as info:
+    load_tf1_checkpoint(mobilenet_model, prefix)
+  assert info.value.missing == [dropped]
+  assert dropped in str(info.value) and prefix in str(info.value)
+
+
+def test_unexpected_variable(tmp_path, mobilenet_model, mobilenet_vars):
+  extra = ("aspp1/weights", (3, 3, 320, 256))
+  prefix = _write(tmp_path, mobilenet_vars + [extra])
+  with pytest.raises(CheckpointMismatchError, match="0 missing, 1 unexpected") as info:
+    load_tf1_checkpoint(mobilenet_model, prefix)
+  assert info.value.unexpected == ["aspp1/weights"]
+
+
+def test_wrong_shape(tmp_path, mobilenet_model, mobilenet_vars):
+  name = "MobilenetV2/Conv/weights"
+  prefix = _write(tmp_path, [(n, (3, 3, 3, 16) if n == name else s) for n, s in mobilenet_vars])
+  with pytest.raises(CheckpointMismatchError, match="1 shape mismatches") as info:
+    load_tf1_checkpoint(mobilenet_model, prefix)
+  assert info.value.shape_mismatches == [(name, (3, 3, 3, 32), (3, 3, 3, 16))]
+  assert "model [3, 3, 3, 32] vs checkpoint [3, 3, 3, 16]" in str(info.value)
+
+
+def test_failed_load_assigns_nothing(tmp_path, mobilenet_vars):
+  model = deeplab_tf.build_deeplab(deeplab_tf.ModelOptions(**MOBILENET))
+  before = [np.asarray(w).copy() for w in model.weights]
+  prefix = _write(tmp_path, mobilenet_vars[1:])
+  with pytest.raises(CheckpointMismatchError):
+    load_tf1_checkpoint(model, prefix)
+  assert all(np.array_equal(b, np.asarray(w)) for b, w in zip(before, model.weights))
+
+
+def test_21_class_checkpoint_into_19_class_model(tmp_path, mobilenet_19_model, mobilenet_vars):
+  prefix = _write(tmp_path, mobilenet_vars, rc.det_value)
+  with pytest.raises(CheckpointMismatchError, match="initialize_last_layer=False") as info:
+    load_tf1_checkpoint(mobilenet_19_model, prefix)
+  assert [n for n, _, _ in info.value.shape_mismatches] == ["logits/semantic/biases",
+                                                            "logits/semantic/weights"]
+  logits_layer = mobilenet_19_model.get_layer("logits.semantic")
+  initial_logits = [np.asarray(w).copy() for w in logits_layer.weights]
+
+  report = load_tf1_checkpoint(mobilenet_19_model, prefix, initialize_last_layer=False)
+  assert report.skipped_model == ("logits/semantic/biases", "logits/semantic/weights")
+  assert report.skipped_checkpoint == ("logits/semantic/biases", "logits/semantic/weights")
+  assert report.assigned == len(mobilenet_vars) - 2
+  for before, w in zip(initial_logits, logits_layer.weights):
+    np.testing.assert_array_equal(before, np.asarray(w))
+  projection = mobilenet_19_model.get_layer("concat_projection").kernel
+  np.testing.assert_array_equal(np.asarray(projection),
+                                rc.det_value("concat_projection/weights", (1, 1, 512, 256)))
+
+
+def test_last_layers_beyond_logits(tmp_path, mobilenet_19_model, mobilenet_vars):
+  head = ("logits", "image_pooling", "aspp", "concat_projection")
+  prefix = _write(tmp_path, [(n, s) for n, s in mobilenet_vars if not n.startswith(head)])
+  with pytest.raises(CheckpointMismatchError):
+    load_tf1_checkpoint(mobilenet_19_model, prefix, initialize_last_layer=False)
+  report = load_tf1_checkpoint(mobilenet_19_model, prefix, initialize_last_layer=False,
+                               last_layers_contain_logits_only=False)
+  assert all(n.startswith(head) for n in report.skipped_model)
+  assert len(report.skipped_model) == 2 + 3 * 5  # logits; image_pooling, aspp0, projection.
+  assert report.skipped_checkpoint == ()
+
+
+def test_bookkeeping_is_ignored(tmp_path, mobilenet_model, mobilenet_vars):
+  extra = [("global_step", ()), ("MobilenetV2/Conv/weights/Momentum", (3, 3, 3, 32)),
+           ("logits/semantic/weights/ExponentialMovingAverage", (1, 1, 256, 21))]
+  prefix = _write(tmp_path, mobilenet_vars + extra)
+  report = load_tf1_checkpoint(mobilenet_model, prefix)
+  assert sorted(report.skipped_checkpoint) == sorted(n for n, _ in extra)
+  assert report.assigned == len(mobilenet_vars)
+
+
+def test_folder_and_tar_gz(tmp_path, mobilenet_model, mobilenet_vars):
+  folder = tmp_path / "deeplabv3_mnv2_pascal_train_aug"
+  prefix = rc.write_checkpoint_from_vars(str(folder / "model.ckpt"), mobilenet_vars, rc.cheap_value)
+  assert load_tf1_checkpoint(mobilenet_model, str(folder)).checkpoint == prefix
+  archive = tmp_path / "deeplabv3_mnv2_pascal_train_aug_2018_01_29.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(folder, arcname=folder.name)
+  report = load_tf1_checkpoint(mobilenet_model, str(archive))
+  assert report.assigned == len(mobilenet_vars)
+  assert not os.path.exists(report.checkpoint), "the extracted archive is removed afterwards"
+
+
+def test_not_a_checkpoint(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not a TF1 checkpoint"):
+    with resolve_tf1_checkpoint(str(tmp_path / "nothing")):
+      pass
+  with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+    with resolve_tf1_checkpoint(str(tmp_path)):
+      pass
