@@ -64,8 +64,9 @@ def _records(file_pattern, input_context, shuffle: bool, seed) -> tf.data.Datase
     dataset = dataset.shard(num_pipelines, index)
   if shuffle:
     dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-  dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                               num_parallel_calls=_AUTOTUNE, deterministic=not shuffle)
+  # Shuffled: read up to 8 files at once; else in file order, so evaluation sees the split in order.
+  dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8) if shuffle else 1,
+                               num_parallel_calls=_AUTOTUNE, deterministic=not shuffle or seed is not None)
   if num_pipelines > 1 and not shard_files:
     dataset = dataset.shard(num_pipelines, index)
   return dataset.map(features.parse_example, num_parallel_calls=_AUTOTUNE)
