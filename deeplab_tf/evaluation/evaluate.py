@@ -1,0 +1,41 @@
+"""One evaluation pass over a split: predictions of every batch streamed into one confusion matrix.
+
+research/deeplab `eval.py`: the whole split goes through one `mean_iou` metric; images are padded to
+`eval_crop_size` by the input pipeline and their labels with `ignore_label`, so padding never counts.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Optional, Sequence
+
+from deeplab_tf.evaluation.inference import predict_labels
+from deeplab_tf.evaluation.metrics import ConfusionMatrix, SegmentationMetrics
+from deeplab_tf.options import EvalOptions
+
+
+def evaluate_dataset(model, batches: Iterable[Mapping], eval_options: EvalOptions, *, num_classes: int,
+                     ignore_label: int, class_names: Optional[Sequence[str]] = None,
+                     mean_pixel: Optional[Sequence[float]] = None) -> SegmentationMetrics:
+  """mIoU of `model` over every batch of `batches`.
+
+  Args:
+    model: a `build_deeplab` Keras model.
+    batches: dicts as `deeplab_tf.data.pipeline.build_dataset(is_training=False)` yields them:
+      "image" float32 `[b, h, w, 3]` in [0, 255] and "label" int32 `[b, h, w, 1]` (padding labelled
+      `ignore_label`); any iterable (e.g. wrapped in a progress bar by the caller).
+    eval_options: scales, flipping, eval crop, sliding window.
+    num_classes: classes of the dataset (the model's output channels).
+    ignore_label: label excluded from the metric.
+    class_names: names for the result.
+    mean_pixel: padding value for `predict_labels`; None takes the model's.
+
+  Returns:
+    The `SegmentationMetrics` of the whole split.
+
+  Raises:
+    ValueError: a label outside [0, num_classes) other than ignore_label (see `ConfusionMatrix.update`).
+  """
+  matrix = ConfusionMatrix(num_classes, ignore_label, class_names)
+  for batch in batches:
+    matrix.update(batch["label"], predict_labels(model, batch["image"], eval_options, mean_pixel=mean_pixel))
+  return matrix.result()

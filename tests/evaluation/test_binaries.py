@@ -1,0 +1,96 @@
+"""bin/eval and bin/vis end to end, in-process, on two real photo crops written as TFRecords."""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+from absl.testing import flagsaver
+from PIL import Image
+
+from deeplab_tf import EvalOptions, ModelOptions, build_deeplab, visualization
+from deeplab_tf.bin import eval as eval_bin
+from deeplab_tf.bin import vis as vis_bin
+from deeplab_tf.data.features import encode_example
+from deeplab_tf.evaluation import inference
+from deeplab_tf.evaluation.metrics import ConfusionMatrix
+from deeplab_tf.model_io import save_model_options
+
+PHOTO = os.path.join(os.path.dirname(__file__), "..", "..", "datasets", "samples", "voc2012_sample",
+                     "JPEGImages", "2011_000006.jpg")
+OPTIONS = ModelOptions(model_variant="mobilenet_v2", num_classes=3, output_stride=16, depth_multiplier=0.5)
+CROP = (33, 41)
+
+
+def _png(array):
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("bin")
+  photo = np.array(Image.open(PHOTO).convert("RGB"))
+  rng = np.random.RandomState(0)
+  examples = []
+  with tf.io.TFRecordWriter(str(root / "val-00000-of-00001.tfrecord")) as writer:
+    for name, (top, left, h, w) in [("first", (80, 120, 33, 41)), ("second", (10, 30, 29, 33))]:
+      image = photo[top:top + h, left:left + w]
+      label = rng.randint(0, 3, (h, w)).astype(np.uint8)
+      label[:3] = 255
+      writer.write(encode_example(_png(image), _png(label), filename=name + ".jpg", height=h, width=w,
+                                  image_format="png"))
+      examples.append((name, image, label))
+  (root / "tiny.json").write_text(json.dumps({
+      "name": "tiny", "num_classes": 3, "ignore_label": 255, "splits_to_sizes": {"val": 2},
+      "class_names": ["a", "b", "c"], "colormap": "pascal"}))
+  model = build_deeplab(OPTIONS)
+  save_model_options(str(root / "train"), OPTIONS)
+  tf.train.Checkpoint(model=model).save(str(root / "train" / "ckpt"))
+  flags.FLAGS.mark_as_parsed()
+  return root, model, examples
+
+
+def test_eval_binary_writes_the_split_metrics(setup):
+  root, model, examples = setup
+  expected = ConfusionMatrix(3, 255)
+  for _, image, label in examples:
+    expected.update(label, inference.predict_labels(model, image[None], EvalOptions(eval_crop_size=CROP)))
+  with flagsaver.flagsaver(checkpoint_dir=str(root / "train"), eval_logdir=str(root / "eval"),
+                           dataset=str(root / "tiny.json"), dataset_dir=str(root), eval_split="val",
+                           eval_crop_size=["33", "41"], max_number_of_evaluations=1):
+    eval_bin.main([])
+  result = json.loads((root / "eval" / "eval_ckpt-1.json").read_text())
+  assert result["step"] == 1 and result["class_names"] == ["a", "b", "c"]
+  assert result["num_pixels"] == (33 - 3) * 41 + (29 - 3) * 33   # every pixel but the ignored rows
+  np.testing.assert_array_equal(result["confusion_matrix"], expected.matrix)
+  assert result["miou"] == pytest.approx(expected.result().miou)
+
+
+def test_eval_binary_rejects_a_bad_crop_flag(setup):
+  root, _, _ = setup
+  with flagsaver.flagsaver(checkpoint_dir=str(root / "train"), dataset=str(root / "tiny.json"),
+                           dataset_dir=str(root), eval_crop_size=["33"]):
+    with pytest.raises(ValueError, match="--eval_crop_size=33: expected two positive integers"):
+      eval_bin.main([])
+
+
+def test_vis_binary_writes_images_predictions_and_raw_ids(setup):
+  root, model, examples = setup
+  with flagsaver.flagsaver(checkpoint_dir=str(root / "train"), vis_logdir=str(root / "vis"),
+                           dataset=str(root / "tiny.json"), dataset_dir=str(root), vis_split="val",
+                           vis_crop_size=["33", "41"], also_save_raw_predictions=True):
+    vis_bin.main([])
+  results = root / "vis" / "segmentation_results"
+  assert sorted(os.listdir(results)) == sorted(
+      f"{i:06d}_{kind}.png" for i in range(2) for kind in ("image", "prediction", "overlay", "panel"))
+  for i, (name, image, _) in enumerate(examples):
+    np.testing.assert_array_equal(np.array(Image.open(results / f"{i:06d}_image.png")), image)
+    expected = inference.predict_labels(model, image[None], EvalOptions(eval_crop_size=CROP))[0].numpy()
+    np.testing.assert_array_equal(visualization.read_label_png(str(results / f"{i:06d}_prediction.png")),
+                                  expected)
+    np.testing.assert_array_equal(
+        visualization.read_label_png(str(root / "vis" / "raw_segmentation_results" / f"{name}.png")), expected)
