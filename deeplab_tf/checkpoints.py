@@ -245,3 +245,84 @@ def _mismatch_error(prefix, model, missing, unexpected, mismatches, initialize_l
     parts.append("  Check that the model options (model_variant, decoder_output_stride, atrous_rates, "
                  "aspp_with_separable_conv, decoder_use_separable_conv, ...) are the checkpoint's.")
   return CheckpointMismatchError("\n".join(parts), missing, unexpected, mismatches)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionResult:
+  """Where `convert_tf1_checkpoint` wrote its outputs, and the load report."""
+
+  keras_path: str
+  saved_model_dir: str
+  model_options_path: str
+  report: LoadReport
+
+
+KERAS_FILENAME = "model.keras"
+SAVED_MODEL_DIRNAME = "saved_model"
+
+
+def save_keras_atomically(model: keras.Model, path: str) -> str:
+  """`model.save(path)` through a temporary `.keras` file in the same folder and a rename.
+
+  Raises:
+    ValueError: `path` does not end with `.keras`.
+  """
+  if not path.endswith(".keras"):
+    raise ValueError(f"{path}: a Keras model file must end with .keras.")
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".keras", dir=folder)
+  os.close(fd)
+  try:
+    model.save(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def convert_tf1_checkpoint(checkpoint_path: str, options, output_dir: str, *,
+                           initialize_last_layer: bool = True,
+                           last_layers_contain_logits_only: bool = True,
+                           overwrite: bool = False) -> ConversionResult:
+  """Builds the model of `options`, loads a research/deeplab checkpoint into it, and writes it out.
+
+  Writes, each atomically (temporary name, then rename): `<output_dir>/model.keras`,
+  `<output_dir>/saved_model/` (`deeplab_tf.export.export_saved_model`: serving signatures on images,
+  options inside) and `<output_dir>/model_options.json` (`ModelOptions.to_json()`), which
+  `deeplab_tf.model_io.load_model` reads beside the `.keras` file.
+
+  Args:
+    checkpoint_path: a TF1 `model.ckpt` prefix, a folder holding one, or a model-zoo `.tar.gz`.
+    options: the `ModelOptions` the checkpoint was trained with.
+    output_dir: destination folder (created if needed).
+    initialize_last_layer, last_layers_contain_logits_only: as `load_tf1_checkpoint`.
+    overwrite: replace existing outputs; otherwise an existing output raises.
+
+  Returns:
+    A `ConversionResult`.
+
+  Raises:
+    FileExistsError: an output exists and `overwrite` is False.
+    FileNotFoundError, ValueError, CheckpointMismatchError: see `load_tf1_checkpoint`.
+  """
+  # Imported here: these modules build on the model; checkpoints.py itself only needs the naming rule.
+  from deeplab_tf.export import export_saved_model
+  from deeplab_tf.model.deeplab import build_deeplab
+  from deeplab_tf.model_io import save_model_options
+
+  keras_path = os.path.join(output_dir, KERAS_FILENAME)
+  saved_model_dir = os.path.join(output_dir, SAVED_MODEL_DIRNAME)
+  if not overwrite:
+    for path in (keras_path, saved_model_dir):
+      if os.path.exists(path):
+        raise FileExistsError(f"{path} exists; choose another output directory or overwrite.")
+  model = build_deeplab(options)
+  report = load_tf1_checkpoint(model, checkpoint_path, initialize_last_layer,
+                               last_layers_contain_logits_only)
+  save_keras_atomically(model, keras_path)
+  export_saved_model(model, saved_model_dir, options, overwrite=overwrite)
+  options_path = save_model_options(output_dir, options)
+  return ConversionResult(keras_path, saved_model_dir, options_path, report)

@@ -8,6 +8,8 @@ The error paths use MobileNetV2 (DeepLabv3, the smallest published model).
 """
 
 import os
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -15,8 +17,9 @@ import pytest
 
 import deeplab_tf
 import reference_case as rc
-from deeplab_tf.checkpoints import (CheckpointMismatchError, load_tf1_checkpoint,
-                                    resolve_tf1_checkpoint)
+from deeplab_tf import model_io
+from deeplab_tf.checkpoints import (CheckpointMismatchError, convert_tf1_checkpoint,
+                                    load_tf1_checkpoint, resolve_tf1_checkpoint)
 
 MOBILENET = rc.VARIANT_CASES["mobilenet_v2"][0]
 
@@ -150,3 +153,29 @@ def test_not_a_checkpoint(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint found"):
     with resolve_tf1_checkpoint(str(tmp_path)):
       pass
+
+
+def test_convert_checkpoint_binary(tmp_path, mobilenet_vars):
+  prefix = _write(tmp_path / "ckpt", mobilenet_vars, rc.det_value)
+  out = tmp_path / "converted"
+  cmd = [sys.executable, "-m", "deeplab_tf.bin.convert_checkpoint", f"--checkpoint_path={prefix}",
+         f"--output_dir={out}", "--model_variant=mobilenet_v2", "--num_classes=21",
+         "--output_stride=16"]
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert f"assigned {len(mobilenet_vars)} weights" in done.stdout
+  assert sorted(os.listdir(out)) == ["model.keras", "model_options.json", "saved_model"]
+  assert os.path.isfile(out / "saved_model" / "saved_model.pb")
+  model, options = model_io.load_model(str(out / "model.keras"))
+  assert options == deeplab_tf.ModelOptions(**MOBILENET)
+  np.testing.assert_array_equal(np.asarray(model.get_layer("concat_projection").kernel),
+                                rc.det_value("concat_projection/weights", (1, 1, 512, 256)))
+
+
+
+def test_failed_conversion_writes_nothing(tmp_path, mobilenet_vars):
+  prefix = _write(tmp_path / "ckpt", mobilenet_vars)
+  options = deeplab_tf.ModelOptions(**dict(MOBILENET, atrous_rates=(6, 12, 18)))
+  with pytest.raises(CheckpointMismatchError, match="aspp1_depthwise/depthwise_weights"):
+    convert_tf1_checkpoint(prefix, options, str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out")

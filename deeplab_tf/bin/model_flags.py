@@ -1,0 +1,65 @@
+"""research/deeplab's model flags (`common.py`), shared by the binaries that build a model.
+
+Importing this module defines the flags; `model_options_from_flags()` turns them into `ModelOptions`.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from deeplab_tf.options import ModelOptions
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("model_variant", "mobilenet_v2", "Encoder: xception_41/65/71, resnet_v1_50[_beta], "
+                    "resnet_v1_101[_beta], mobilenet_v2.")
+flags.DEFINE_integer("num_classes", 21, "Number of classes the checkpoint predicts.")
+flags.DEFINE_integer("output_stride", 16, "Input / encoder output resolution: 8, 16 or 32.")
+flags.DEFINE_multi_integer("atrous_rates", None, "ASPP atrous rates, one flag each (6, 12, 18 at "
+                           "output_stride 16); none for the MobileNetV2 head.")
+flags.DEFINE_list("decoder_output_stride", None, "Decoder feature stride (4 for DeepLabv3+); unset for "
+                  "DeepLabv3.")
+flags.DEFINE_multi_integer("multi_grid", None, "Unit rates of the last block, e.g. 1, 2, 4.")
+flags.DEFINE_boolean("aspp_with_separable_conv", True, "Depthwise-separable ASPP convolutions.")
+flags.DEFINE_boolean("decoder_use_separable_conv", True, "Depthwise-separable decoder convolutions.")
+flags.DEFINE_boolean("add_image_level_feature", True, "ASPP image pooling branch.")
+flags.DEFINE_boolean("aspp_with_batch_norm", True, "Build the ASPP head.")
+flags.DEFINE_float("depth_multiplier", 1.0, "MobileNetV2 width multiplier.")
+flags.DEFINE_integer("divisible_by", None, "MobileNetV2 channel rounding (default 8 at multiplier 1, "
+                     "else 1).")
+flags.DEFINE_list("image_pooling_crop_size", None, "height,width of the crop image pooling averages "
+                  "over; unset pools globally.")
+flags.DEFINE_list("image_pooling_stride", ["1", "1"], "Stride of that pooling window.")
+flags.DEFINE_integer("logits_kernel_size", 1, "Kernel size of the logits convolution.")
+flags.DEFINE_boolean("prediction_with_upsampled_logits", True, "Upsample logits to the input size.")
+
+
+def _ints(values, flag):
+  if values is None or values == []:
+    return None
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError:
+    raise ValueError(f"--{flag}={','.join(values)}: expected integers.") from None
+
+
+def model_options_from_flags() -> ModelOptions:
+  """`ModelOptions` from research/deeplab's model flags (raises ValueError naming a bad flag)."""
+  decoder_output_stride = _ints(FLAGS.decoder_output_stride, "decoder_output_stride")
+  return ModelOptions(
+      model_variant=FLAGS.model_variant,
+      num_classes=FLAGS.num_classes,
+      output_stride=FLAGS.output_stride,
+      atrous_rates=tuple(FLAGS.atrous_rates) if FLAGS.atrous_rates else None,
+      decoder_output_stride=decoder_output_stride,
+      multi_grid=tuple(FLAGS.multi_grid) if FLAGS.multi_grid else None,
+      aspp_with_separable_conv=FLAGS.aspp_with_separable_conv,
+      decoder_use_separable_conv=FLAGS.decoder_use_separable_conv,
+      add_image_level_feature=FLAGS.add_image_level_feature,
+      aspp_with_batch_norm=FLAGS.aspp_with_batch_norm,
+      depth_multiplier=FLAGS.depth_multiplier,
+      divisible_by=FLAGS.divisible_by,
+      image_pooling_crop_size=_ints(FLAGS.image_pooling_crop_size, "image_pooling_crop_size"),
+      image_pooling_stride=_ints(FLAGS.image_pooling_stride, "image_pooling_stride"),
+      logits_kernel_size=FLAGS.logits_kernel_size,
+      prediction_with_upsampled_logits=FLAGS.prediction_with_upsampled_logits)
