@@ -197,15 +197,14 @@ def file_pattern_dataset_fn(file_pattern: str, model_options: ModelOptions,
   """A `DatasetFn` over TFRecord shards through `deeplab_tf.data.pipeline.build_dataset`, with the
   encoder's mean pixel (padding becomes 0 after preprocessing) and the options' augmentation."""
   from deeplab_tf.data import pipeline  # pylint: disable=import-outside-toplevel
-  from deeplab_tf.model import layers  # pylint: disable=import-outside-toplevel
+  from deeplab_tf.evaluation.inference import mean_pixel_for_preprocessing  # pylint: disable=import-outside-toplevel
   from deeplab_tf.model.encoders import get_encoder  # pylint: disable=import-outside-toplevel
-  mean_pixel = ((127.5,) * 3 if get_encoder(model_options.model_variant).preprocessing ==
-                layers.ZERO_MEAN_UNIT_RANGE else tuple(layers.IMAGENET_MEAN_RGB))
+  mean_pixel = mean_pixel_for_preprocessing(get_encoder(model_options.model_variant).preprocessing)
 
   def dataset_fn(input_context):
     return pipeline.build_dataset(
         file_pattern, is_training=True, crop_size=train_options.train_crop_size,
-        batch_size=input_context.get_per_replica_batch_size(train_options.train_batch_size),
+        batch_size=train_options.train_batch_size,  # global: build_dataset divides per replica
         ignore_label=ignore_label, mean_pixel=mean_pixel,
         min_scale_factor=train_options.min_scale_factor,
         max_scale_factor=train_options.max_scale_factor,

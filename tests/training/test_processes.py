@@ -17,8 +17,8 @@ import helpers
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")
 MODEL = ModelOptions(num_classes=helpers.NUM_CLASSES)
-OPTIONS = dict(train_crop_size=[helpers.CROP] * 2, train_batch_size=4, training_number_of_steps=40,
-               base_learning_rate=0.1, save_interval_steps=5, log_steps=1, seed=7, max_to_keep=3)
+OPTIONS = dict(train_crop_size=[helpers.CROP] * 2, train_batch_size=4, training_number_of_steps=24,
+               base_learning_rate=0.1, save_interval_steps=3, log_steps=1, seed=7, max_to_keep=3)
 
 
 def _start(logdir, result, options=OPTIONS, strategy="default", sleep=0.0, env=None):
@@ -58,20 +58,20 @@ def test_sigterm_then_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
   logdir = tmp_path / "run"
   # 1. SIGTERM: the process checkpoints the step it is at and exits cleanly.
   process = _start(logdir, tmp_path / "a.npz", sleep=0.1)
-  _wait_for_step(process, logdir, 10)
+  _wait_for_step(process, logdir, 6)
   process.send_signal(signal.SIGTERM)
   assert process.wait(timeout=60) == 0, process.stderr.read().decode()[-2000:]
   _, result = _weights(tmp_path / "a.npz")
   stopped = int(result["final_step"])
-  assert bool(result["interrupted"]) and 10 <= stopped < 40
+  assert bool(result["interrupted"]) and 6 <= stopped < 24
   assert _latest_step(logdir) == stopped
   # 2. kill -9 mid-run (no chance to save): the next run resumes from the last complete checkpoint.
   process = _start(logdir, tmp_path / "b.npz", sleep=0.1)
-  _wait_for_step(process, logdir, stopped + 6)
+  _wait_for_step(process, logdir, stopped + 3)
   process.kill()
   process.wait(timeout=30)
   killed_at = _latest_step(logdir)
-  assert stopped + 6 <= killed_at < 40
+  assert stopped + 3 <= killed_at < 24
   state = tf.train.get_checkpoint_state(str(logdir))
   for prefix in state.all_model_checkpoint_paths:  # every listed checkpoint is complete and loadable
     assert tf.train.load_checkpoint(prefix).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == int(
@@ -80,8 +80,8 @@ def test_sigterm_then_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
   process = _start(logdir, tmp_path / "c.npz")
   assert process.wait(timeout=120) == 0, process.stderr.read().decode()[-2000:]
   resumed, result = _weights(tmp_path / "c.npz")
-  assert int(result["final_step"]) == 40 and not bool(result["interrupted"])
-  assert _latest_step(logdir) == 40
+  assert int(result["final_step"]) == 24 and not bool(result["interrupted"])
+  assert _latest_step(logdir) == 24
   reference = _reference_weights(tmp_path / "reference", OPTIONS)
   for a, b in zip(resumed, reference):
     np.testing.assert_allclose(a, b, atol=1e-5)

@@ -1,0 +1,159 @@
+"""Trains DeepLab: research/deeplab `train.py`'s flags -> options -> `deeplab_tf.training.train`.
+
+Usage (the papers' first VOC stage):
+  deeplab_train --flagfile=experiments/voc_trainaug_xception65_os16.flags \
+      --dataset_dir=/data/voc_tfrecord --train_logdir=/tmp/train
+
+`--dataset` and `--dataset_dir` are the flags shared with eval/vis (`deeplab_tf.bin.eval_common`).
+Re-running the same command resumes from the latest checkpoint in --train_logdir; SIGTERM checkpoints
+and exits.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from tqdm import tqdm
+
+from deeplab_tf.bin import eval_common
+from deeplab_tf.data.descriptors import get_descriptor
+from deeplab_tf.options import ModelOptions, TrainOptions
+from deeplab_tf.training import strategy as strategy_lib
+from deeplab_tf.training import trainer
+
+FLAGS = flags.FLAGS
+
+# Logging and checkpoints.
+flags.DEFINE_string("train_logdir", None, "Where checkpoints, model_options.json and summaries go.")
+flags.DEFINE_integer("log_steps", 10, "Log loss, learning rate, steps/s and ETA every this many steps.")
+flags.DEFINE_integer("save_interval_steps", 1000, "Checkpoint every this many steps (and on SIGTERM).")
+flags.DEFINE_integer("save_summaries_steps", 100, "TensorBoard scalars every this many steps.")
+flags.DEFINE_integer("save_summaries_secs", None, "research/deeplab's time-based interval; not used "
+                     "(summaries are step-based here): give --save_summaries_steps instead.")
+flags.DEFINE_boolean("save_summaries_images", False, "Also write image, label and prediction summaries.")
+flags.DEFINE_integer("max_to_keep", 5, "Checkpoints kept.")
+flags.DEFINE_boolean("progress_bar", False, "A tqdm progress bar instead of a log line every log_steps.")
+# Data.
+flags.DEFINE_string("train_split", "train", "Split to train on ({split}-*.tfrecord in --dataset_dir).")
+flags.DEFINE_integer("num_classes", None, "Override of the dataset descriptor's number of classes.")
+# Model.
+flags.DEFINE_string("model_variant", "mobilenet_v2", "Encoder: xception_65, resnet_v1_101_beta, ...")
+flags.DEFINE_integer("output_stride", 16, "Input / encoder output resolution: 8, 16 or 32.")
+flags.DEFINE_multi_integer("atrous_rates", None, "ASPP rates, e.g. 6 12 18 at output_stride 16.")
+flags.DEFINE_integer("decoder_output_stride", None, "4 for DeepLabv3+; unset for DeepLabv3.")
+flags.DEFINE_multi_integer("multi_grid", None, "Unit rates of the last block, e.g. 1 2 4.")
+flags.DEFINE_list("train_crop_size", ["513", "513"], "Training crop height,width.")
+# Optimisation.
+flags.DEFINE_integer("train_batch_size", 16, "Global batch size, split across replicas.")
+flags.DEFINE_integer("training_number_of_steps", 30000, "Total optimizer steps.")
+flags.DEFINE_float("base_learning_rate", 0.0001, "0.007 on train_aug, 1e-4 (or the paper's 1e-3) to "
+                   "fine-tune.")
+flags.DEFINE_enum("learning_policy", "poly", ["poly", "step", "cosine"], "Learning-rate policy.")
+flags.DEFINE_float("learning_power", 0.9, "Exponent of the poly policy.")
+flags.DEFINE_integer("learning_rate_decay_step", 2000, "Step policy: decay every this many steps.")
+flags.DEFINE_float("learning_rate_decay_factor", 0.1, "Step policy: decay factor.")
+flags.DEFINE_integer("slow_start_step", 0, "Steps at the slow-start learning rate.")
+flags.DEFINE_float("slow_start_learning_rate", 1e-4, "Learning rate during slow start.")
+flags.DEFINE_enum("slow_start_burnin_type", "none", ["none", "linear"], "Constant or linear warm-up.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("weight_decay", 0.00004, "L2 weight decay (4e-5 Xception/MobileNet, 1e-4 ResNet).")
+flags.DEFINE_boolean("fine_tune_batch_norm", True, "Train BatchNorm (needs batch >= 12).")
+flags.DEFINE_float("min_scale_factor", 0.5, "Smallest random scale.")
+flags.DEFINE_float("max_scale_factor", 2.0, "Largest random scale.")
+flags.DEFINE_float("scale_factor_step_size", 0.25, "Step between random scales.")
+flags.DEFINE_float("top_k_percent_pixels", 1.0, "Hard pixel mining: fraction of pixels kept.")
+flags.DEFINE_integer("hard_example_mining_step", 0, "Steps over which mining ramps in.")
+flags.DEFINE_boolean("upsample_logits", True, "Loss on logits upsampled to the labels.")
+flags.DEFINE_float("last_layer_gradient_multiplier", 1.0, "Gradient multiplier of the last layers.")
+flags.DEFINE_multi_float("class_weights", None, "Per-class loss weights, one per class.")
+flags.DEFINE_integer("seed", None, "Random seed of initialisation and augmentation.")
+# Initialisation.
+flags.DEFINE_string("tf_initial_checkpoint", None, "Start from: .keras/.weights.h5, our checkpoint, or a "
+                    "model-zoo TF1 checkpoint prefix (used only when --train_logdir has no checkpoint).")
+flags.DEFINE_boolean("initialize_last_layer", True, "Also restore the last layer(s).")
+flags.DEFINE_boolean("last_layers_contain_logits_only", False, "Last layers = logits only.")
+# Distribution and precision.
+flags.DEFINE_enum("strategy", "default", list(strategy_lib.STRATEGIES), "tf.distribute strategy.")
+flags.DEFINE_integer("num_gpus", 0, "mirrored: GPUs to use (0 = all visible).")
+flags.DEFINE_string("tpu", None, "tpu: TPU name, grpc:// address or 'local'.")
+flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                  "Keras dtype policy.")
+flags.DEFINE_boolean("sync_batch_norm", False, "Synchronise BN statistics across replicas.")
+
+
+def options_from_flags():
+  """`(ModelOptions, TrainOptions, descriptor)` from the flags; ValueError names a bad flag."""
+  descriptor = get_descriptor(FLAGS.dataset)
+  num_classes = FLAGS.num_classes or descriptor.num_classes
+  model_options = ModelOptions(
+      model_variant=FLAGS.model_variant, num_classes=num_classes, output_stride=FLAGS.output_stride,
+      atrous_rates=tuple(FLAGS.atrous_rates) if FLAGS.atrous_rates else None,
+      decoder_output_stride=FLAGS.decoder_output_stride,
+      multi_grid=tuple(FLAGS.multi_grid) if FLAGS.multi_grid else None)
+  train_options = TrainOptions(
+      train_crop_size=eval_common.parse_crop_size(FLAGS.train_crop_size, "train_crop_size"),
+      train_batch_size=FLAGS.train_batch_size,
+      training_number_of_steps=FLAGS.training_number_of_steps,
+      base_learning_rate=FLAGS.base_learning_rate, learning_policy=FLAGS.learning_policy,
+      learning_power=FLAGS.learning_power, learning_rate_decay_step=FLAGS.learning_rate_decay_step,
+      learning_rate_decay_factor=FLAGS.learning_rate_decay_factor,
+      slow_start_step=FLAGS.slow_start_step, slow_start_learning_rate=FLAGS.slow_start_learning_rate,
+      slow_start_burnin_type=FLAGS.slow_start_burnin_type, momentum=FLAGS.momentum,
+      weight_decay=FLAGS.weight_decay, fine_tune_batch_norm=FLAGS.fine_tune_batch_norm,
+      min_scale_factor=FLAGS.min_scale_factor, max_scale_factor=FLAGS.max_scale_factor,
+      scale_factor_step_size=FLAGS.scale_factor_step_size,
+      top_k_percent_pixels=FLAGS.top_k_percent_pixels,
+      hard_example_mining_step=FLAGS.hard_example_mining_step,
+      upsample_logits=FLAGS.upsample_logits,
+      last_layer_gradient_multiplier=FLAGS.last_layer_gradient_multiplier,
+      save_interval_steps=FLAGS.save_interval_steps,
+      save_summaries_steps=FLAGS.save_summaries_steps, max_to_keep=FLAGS.max_to_keep,
+      log_steps=FLAGS.log_steps,
+      class_weights=tuple(FLAGS.class_weights) if FLAGS.class_weights else None,
+      tf_initial_checkpoint=FLAGS.tf_initial_checkpoint,
+      initialize_last_layer=FLAGS.initialize_last_layer,
+      last_layers_contain_logits_only=FLAGS.last_layers_contain_logits_only,
+      mixed_precision=FLAGS.mixed_precision, sync_batch_norm=FLAGS.sync_batch_norm,
+      save_summaries_images=FLAGS.save_summaries_images, seed=FLAGS.seed)
+  return model_options, train_options, descriptor
+
+
+def main(argv):
+  del argv
+  if not FLAGS.train_logdir:
+    raise app.UsageError("--train_logdir is required.")
+  if FLAGS.save_summaries_secs is not None:
+    raise app.UsageError("--save_summaries_secs is not supported; use --save_summaries_steps.")
+  try:
+    model_options, train_options, descriptor = options_from_flags()
+    pattern = eval_common.split_pattern(FLAGS.dataset_dir, FLAGS.train_split, "train_split")
+    config = strategy_lib.StrategyConfig(FLAGS.strategy, num_gpus=FLAGS.num_gpus, tpu=FLAGS.tpu)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  strategy = strategy_lib.build_strategy(config)
+  logging.info("Training %s on %s/%s with %d replica(s): %s", model_options.model_variant,
+               descriptor.name, FLAGS.train_split, strategy.num_replicas_in_sync,
+               train_options.to_json())
+
+  def log_line(p: trainer.Progress):
+    logging.info("step %d/%d  loss %.4f  lr %.3g  %.2f steps/s  ETA %.0f s", p.step, p.total_steps,
+                 p.loss, p.learning_rate, p.steps_per_sec, p.eta_seconds)
+
+  bar = tqdm(total=train_options.training_number_of_steps, unit="step") if FLAGS.progress_bar else None
+  try:
+    result = trainer.train(model_options, train_options, pattern, FLAGS.train_logdir,
+                           strategy=strategy, ignore_label=descriptor.ignore_label, progress=bar,
+                           on_log=None if bar else log_line)
+  finally:
+    if bar is not None:
+      bar.close()
+  logging.info("%s at step %d, loss %.4f, %.0f s; checkpoint %s",
+               "Interrupted" if result.interrupted else "Finished", result.final_step,
+               result.last_loss, result.wall_time_seconds, result.checkpoint_path)
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

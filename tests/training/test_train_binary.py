@@ -1,0 +1,69 @@
+"""deeplab_train end to end on TFRecords of real VOC photos, through the data room's pipeline."""
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import app, flags
+from PIL import Image
+
+from deeplab_tf.bin import train as train_bin
+from deeplab_tf.data import features, writer
+
+SAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "datasets", "samples", "voc2012_sample")
+
+
+def _write_shard(dataset_dir):
+  records = []
+  for name in ("2011_000003", "2011_000006"):
+    with open(os.path.join(SAMPLES, "JPEGImages", name + ".jpg"), "rb") as f:
+      jpeg = f.read()
+    label = np.asarray(Image.open(os.path.join(SAMPLES, "SegmentationClass", name + ".png")))
+    height, width = label.shape
+    records.append(features.encode_example(jpeg, writer.encode_png(label), filename=name,
+                                           height=height, width=width))
+  writer.write_split(records, output_dir=str(dataset_dir), split="train", num_examples=2,
+                     num_shards=1)
+
+
+@pytest.fixture
+def parse_flags():
+  def parse(*args):
+    flags.FLAGS(["deeplab_train", *args])
+  yield parse
+  flags.FLAGS.unparse_flags()
+
+
+def test_train_binary_trains_and_writes_checkpoint_options_and_summaries(tmp_path, parse_flags):
+  _write_shard(tmp_path / "data")
+  args = [f"--dataset_dir={tmp_path / 'data'}", f"--train_logdir={tmp_path / 'log'}",
+          "--dataset=pascal_voc_seg", "--train_split=train", "--model_variant=mobilenet_v2",
+          "--train_crop_size=33,33", "--train_batch_size=2", "--training_number_of_steps=2",
+          "--base_learning_rate=0.01", "--save_summaries_steps=1", "--log_steps=1", "--seed=1",
+          "--save_summaries_images"]
+  parse_flags(*args)
+  train_bin.main([])
+  assert tf.train.latest_checkpoint(str(tmp_path / "log")).endswith("ckpt-2")
+  from deeplab_tf import model_io
+  options = model_io.load_model_options(str(tmp_path / "log"))
+  assert options.model_variant == "mobilenet_v2" and options.num_classes == 21
+  tags = set()
+  for event_file in tf.io.gfile.glob(str(tmp_path / "log" / "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(event_file):
+      tags.update(v.tag for v in event.summary.value)
+  assert {"total_loss", "learning_rate", "samples/image", "samples/prediction"} <= tags
+
+
+def test_bad_flags_are_named(tmp_path, parse_flags):
+  parse_flags(f"--train_logdir={tmp_path}", f"--dataset_dir={tmp_path}", "--train_crop_size=513")
+  with pytest.raises(app.UsageError, match="--train_crop_size=513"):
+    train_bin.main([])
+  flags.FLAGS.unparse_flags()
+  parse_flags(f"--train_logdir={tmp_path}", f"--dataset_dir={tmp_path}", "--strategy=tpu")
+  with pytest.raises(app.UsageError, match="--tpu"):
+    train_bin.main([])
+  flags.FLAGS.unparse_flags()
+  parse_flags(f"--train_logdir={tmp_path}", "--dataset_dir=/nonexistent")
+  with pytest.raises(app.UsageError, match="--dataset_dir"):
+    train_bin.main([])
