@@ -67,3 +67,22 @@ def test_bad_flags_are_named(tmp_path, parse_flags):
   parse_flags(f"--train_logdir={tmp_path}", "--dataset_dir=/nonexistent")
   with pytest.raises(app.UsageError, match="--dataset_dir"):
     train_bin.main([])
+
+
+EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "..", "experiments")
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("voc_trainaug_xception65_os16", (21, 16, (6, 12, 18), (513, 513), 16, 30000, 0.007, True)),
+    ("voc_trainval_xception65_os8_finetune", (21, 8, (12, 24, 36), (513, 513), 16, 30000, 0.001,
+                                              False)),
+    ("cityscapes_xception65_os16", (19, 16, (6, 12, 18), (769, 769), 8, 90000, 0.007, True)),
+    ("ade20k_xception65_os16", (151, 16, (6, 12, 18), (513, 513), 16, 150000, 0.007, True)),
+])
+def test_experiment_flagfiles(parse_flags, name, expected):
+  parse_flags(f"--flagfile={os.path.join(EXPERIMENTS, name + '.flags')}")
+  model, train, _ = train_bin.options_from_flags()
+  assert (model.num_classes, model.output_stride, model.atrous_rates, train.train_crop_size,
+          train.train_batch_size, train.training_number_of_steps, train.base_learning_rate,
+          train.fine_tune_batch_norm) == expected
+  assert model.model_variant == "xception_65" and model.decoder_output_stride == 4
