@@ -4,7 +4,9 @@ Usage (the papers' first VOC stage):
   deeplab_train --flagfile=experiments/voc_trainaug_xception65_os16.flags \
       --dataset_dir=/data/voc_tfrecord --train_logdir=/tmp/train
 
-`--dataset` and `--dataset_dir` are the flags shared with eval/vis (`deeplab_tf.bin.eval_common`).
+`--dataset` and `--dataset_dir` are the flags shared with eval/vis (`deeplab_tf.bin.eval_common`), the
+model flags (`--model_variant`, `--output_stride`, `--atrous_rates`, ...) those of
+`deeplab_tf.bin.model_flags`; `--num_classes` defaults to the dataset descriptor's.
 Re-running the same command resumes from the latest checkpoint in --train_logdir; SIGTERM checkpoints
 and exits.
 """
@@ -14,9 +16,9 @@ from __future__ import annotations
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from deeplab_tf.bin import eval_common
+from deeplab_tf.bin import eval_common, model_flags
 from deeplab_tf.data.descriptors import get_descriptor
-from deeplab_tf.options import ModelOptions, TrainOptions
+from deeplab_tf.options import TrainOptions
 from deeplab_tf.training import strategy as strategy_lib
 from deeplab_tf.training import trainer
 
@@ -34,13 +36,6 @@ flags.DEFINE_integer("max_to_keep", 5, "Checkpoints kept.")
 flags.DEFINE_boolean("progress_bar", False, "A tqdm progress bar instead of a log line every log_steps.")
 # Data.
 flags.DEFINE_string("train_split", "train", "Split to train on ({split}-*.tfrecord in --dataset_dir).")
-flags.DEFINE_integer("num_classes", None, "Override of the dataset descriptor's number of classes.")
-# Model.
-flags.DEFINE_string("model_variant", "mobilenet_v2", "Encoder: xception_65, resnet_v1_101_beta, ...")
-flags.DEFINE_integer("output_stride", 16, "Input / encoder output resolution: 8, 16 or 32.")
-flags.DEFINE_multi_integer("atrous_rates", None, "ASPP rates, e.g. 6 12 18 at output_stride 16.")
-flags.DEFINE_integer("decoder_output_stride", None, "4 for DeepLabv3+; unset for DeepLabv3.")
-flags.DEFINE_multi_integer("multi_grid", None, "Unit rates of the last block, e.g. 1 2 4.")
 flags.DEFINE_list("train_crop_size", ["513", "513"], "Training crop height,width.")
 # Optimisation.
 flags.DEFINE_integer("train_batch_size", 16, "Global batch size, split across replicas.")
@@ -69,8 +64,12 @@ flags.DEFINE_integer("seed", None, "Random seed of initialisation and augmentati
 # Initialisation.
 flags.DEFINE_string("tf_initial_checkpoint", None, "Start from: .keras/.weights.h5, our checkpoint, or a "
                     "model-zoo TF1 checkpoint prefix (used only when --train_logdir has no checkpoint).")
-flags.DEFINE_boolean("initialize_last_layer", True, "Also restore the last layer(s).")
-flags.DEFINE_boolean("last_layers_contain_logits_only", False, "Last layers = logits only.")
+# research/deeplab train.py's flags, also defined by deeplab_convert_checkpoint (with another default for
+# the second); defined here only when that binary has not been imported into the same process (tests).
+if "initialize_last_layer" not in FLAGS:
+  flags.DEFINE_boolean("initialize_last_layer", True, "Also restore the last layer(s).")
+if "last_layers_contain_logits_only" not in FLAGS:
+  flags.DEFINE_boolean("last_layers_contain_logits_only", False, "Last layers = logits only.")
 # Distribution and precision.
 flags.DEFINE_enum("strategy", "default", list(strategy_lib.STRATEGIES), "tf.distribute strategy.")
 flags.DEFINE_integer("num_gpus", 0, "mirrored: GPUs to use (0 = all visible).")
@@ -83,12 +82,9 @@ flags.DEFINE_boolean("sync_batch_norm", False, "Synchronise BN statistics across
 def options_from_flags():
   """`(ModelOptions, TrainOptions, descriptor)` from the flags; ValueError names a bad flag."""
   descriptor = get_descriptor(FLAGS.dataset)
-  num_classes = FLAGS.num_classes or descriptor.num_classes
-  model_options = ModelOptions(
-      model_variant=FLAGS.model_variant, num_classes=num_classes, output_stride=FLAGS.output_stride,
-      atrous_rates=tuple(FLAGS.atrous_rates) if FLAGS.atrous_rates else None,
-      decoder_output_stride=FLAGS.decoder_output_stride,
-      multi_grid=tuple(FLAGS.multi_grid) if FLAGS.multi_grid else None)
+  model_options = model_flags.model_options_from_flags()
+  if not FLAGS["num_classes"].present:  # not given: the dataset's
+    model_options = model_options.replace(num_classes=descriptor.num_classes)
   train_options = TrainOptions(
       train_crop_size=eval_common.parse_crop_size(FLAGS.train_crop_size, "train_crop_size"),
       train_batch_size=FLAGS.train_batch_size,
