@@ -16,6 +16,7 @@ setup(
         "pillow",
         "scipy",
         "tqdm",
+        "tensorboard>=2.21,<2.22",
         "cityscapesscripts>=2.3,<3",
     ],
     extras_require={

@@ -20,15 +20,8 @@ from deeplab_tf.checkpoints import convert_tf1_checkpoint
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("checkpoint_path", None, "TF1 checkpoint: a model.ckpt prefix, a folder holding "
-                    "one, or a model-zoo .tar.gz.")
 flags.DEFINE_string("output_dir", None, "Folder to write model.keras, saved_model/ and "
                     "model_options.json to.")
-flags.DEFINE_boolean("overwrite", False, "Replace existing outputs in --output_dir.")
-flags.DEFINE_boolean("initialize_last_layer", True, "Load the logits layer too; False leaves it "
-                     "freshly initialised (for fine-tuning to another number of classes).")
-flags.DEFINE_boolean("last_layers_contain_logits_only", True, "With --noinitialize_last_layer: skip "
-                     "only the logits (True) or the whole ASPP/decoder head (False).")
 
 
 def main(argv):

@@ -11,14 +11,13 @@ from typing import Optional, Sequence, Tuple
 
 from absl import flags
 
+from deeplab_tf.bin import model_flags  # noqa: F401  (defines --checkpoint_path)
 from deeplab_tf.options import EvalOptions
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("checkpoint_dir", None, "Training log directory; its latest checkpoint is used "
                     "(eval: every new checkpoint, see --max_number_of_evaluations).")
-flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (ckpt-N) or a .keras file; overrides "
-                    "--checkpoint_dir.")
 flags.DEFINE_string("model_options_json", None, "model_options.json of the model; default: the one beside "
                     "the checkpoint.")
 flags.DEFINE_string("dataset", "pascal_voc_seg", "Dataset name (pascal_voc_seg, cityscapes, ade20k) or the "

@@ -22,7 +22,6 @@ flags.DEFINE_string("export_path", None, "Directory to write the SavedModel to (
 flags.DEFINE_multi_float("inference_scales", [1.0], "Scales whose probabilities the export averages.")
 flags.DEFINE_list("crop_size", [], "height,width images are padded to inside the export (mean pixel); "
                   "empty (default) runs each image at its own size.")
-flags.DEFINE_boolean("overwrite", False, "Replace an existing --export_path once the new export is complete.")
 
 
 def main(argv):

@@ -33,6 +33,19 @@ flags.DEFINE_list("image_pooling_stride", ["1", "1"], "Stride of that pooling wi
 flags.DEFINE_integer("logits_kernel_size", 1, "Kernel size of the logits convolution.")
 flags.DEFINE_boolean("prediction_with_upsampled_logits", True, "Upsample logits to the input size.")
 
+flags.DEFINE_boolean("overwrite", False, "Replace existing outputs (export, converted model) once the "
+                     "new ones are complete.")
+# Checkpoint flags used by several binaries, defined once so that they can share one process.
+flags.DEFINE_string("checkpoint_path", None, "A checkpoint: our ckpt-N prefix or a .keras file (eval, vis, "
+                    "export_model; overrides --checkpoint_dir), or a model-zoo TF1 checkpoint prefix, folder "
+                    "or .tar.gz (convert_checkpoint).")
+flags.DEFINE_boolean("initialize_last_layer", True, "Also restore the last layer(s); False leaves them "
+                     "freshly initialised, to fine-tune to another number of classes (research/deeplab "
+                     "train.py).")
+flags.DEFINE_boolean("last_layers_contain_logits_only", False, "With --noinitialize_last_layer: the last "
+                     "layers are the logits only (True) or the whole ASPP/decoder head (False), as "
+                     "research/deeplab train.py (default False).")
+
 
 def _ints(values, flag):
   if values is None or values == []:

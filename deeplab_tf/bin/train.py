@@ -64,12 +64,7 @@ flags.DEFINE_integer("seed", None, "Random seed of initialisation and augmentati
 # Initialisation.
 flags.DEFINE_string("tf_initial_checkpoint", None, "Start from: .keras/.weights.h5, our checkpoint, or a "
                     "model-zoo TF1 checkpoint prefix (used only when --train_logdir has no checkpoint).")
-# research/deeplab train.py's flags, also defined by deeplab_convert_checkpoint (with another default for
-# the second); defined here only when that binary has not been imported into the same process (tests).
-if "initialize_last_layer" not in FLAGS:
-  flags.DEFINE_boolean("initialize_last_layer", True, "Also restore the last layer(s).")
-if "last_layers_contain_logits_only" not in FLAGS:
-  flags.DEFINE_boolean("last_layers_contain_logits_only", False, "Last layers = logits only.")
+# --initialize_last_layer and --last_layers_contain_logits_only are defined in model_flags.
 # Distribution and precision.
 flags.DEFINE_enum("strategy", "default", list(strategy_lib.STRATEGIES), "tf.distribute strategy.")
 flags.DEFINE_integer("num_gpus", 0, "mirrored: GPUs to use (0 = all visible).")
