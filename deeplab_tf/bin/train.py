@@ -72,6 +72,8 @@ flags.DEFINE_string("tpu", None, "tpu: TPU name, grpc:// address or 'local'.")
 flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                   "Keras dtype policy.")
 flags.DEFINE_boolean("sync_batch_norm", False, "Synchronise BN statistics across replicas.")
+flags.DEFINE_float("batch_norm_decay", None, "Override of every BN moving-average decay (default: the "
+                   "original's 0.9997); 0.9-0.99 for runs of a few hundred steps.")
 
 
 def options_from_flags():
@@ -104,6 +106,7 @@ def options_from_flags():
       initialize_last_layer=FLAGS.initialize_last_layer,
       last_layers_contain_logits_only=FLAGS.last_layers_contain_logits_only,
       mixed_precision=FLAGS.mixed_precision, sync_batch_norm=FLAGS.sync_batch_norm,
+      batch_norm_decay=FLAGS.batch_norm_decay,
       save_summaries_images=FLAGS.save_summaries_images, seed=FLAGS.seed)
   return model_options, train_options, descriptor
 

@@ -155,6 +155,17 @@ def batch_norm_layers(model: keras.Model):
   return [l for l in _all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
 
 
+def set_batch_norm_decay(model: keras.Model, decay: float) -> int:
+  """Sets the moving-average decay (Keras `momentum`) of every BN layer; returns their count.
+
+  Takes effect in any function traced afterwards (Keras reads the attribute in `call`).
+  """
+  layers = batch_norm_layers(model)
+  for layer in layers:
+    layer.momentum = float(decay)
+  return len(layers)
+
+
 def set_batch_norm_synchronized(model: keras.Model, synchronized: bool = True) -> int:
   """Switches cross-replica batch statistics on (or off) for every BN layer; returns their count.
 

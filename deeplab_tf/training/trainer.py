@@ -316,6 +316,8 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
       strategy_lib.freeze_batch_norm(model)
     if train_options.sync_batch_norm:
       strategy_lib.set_batch_norm_synchronized(model, True)
+    if train_options.batch_norm_decay is not None:
+      strategy_lib.set_batch_norm_decay(model, train_options.batch_norm_decay)
     schedule = learning_rate_schedule(train_options)
     optimizer = MomentumOptimizer(learning_rate=schedule, momentum=train_options.momentum)
     if train_options.mixed_precision == "mixed_float16":

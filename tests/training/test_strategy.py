@@ -80,3 +80,18 @@ def test_tpu_path_without_a_tpu_fails_clearly():
   config = strategy_lib.StrategyConfig("tpu", tpu="local")
   with pytest.raises(RuntimeError, match="--tpu='local'"):
     strategy_lib.build_strategy(config)
+
+
+def test_batch_norm_decay_override_sets_the_moving_average_rate():
+  model = helpers.tiny_model(MODEL)
+  assert strategy_lib.set_batch_norm_decay(model, 0.25) == 1
+  bn = strategy_lib.batch_norm_layers(model)[0]
+  images, _ = helpers.examples()
+  inputs = bn.input
+  features = tf.keras.Model(model.inputs, inputs)(images[:2], training=True).numpy()
+  model(images[:2], training=True)
+  batch_mean = features.reshape(-1, features.shape[-1]).mean(axis=0)
+  # moving = decay * moving + (1 - decay) * batch, starting from 0.
+  np.testing.assert_allclose(bn.moving_mean.numpy(), 0.75 * batch_mean, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="batch_norm_decay"):
+    TrainOptions(batch_norm_decay=1.0)
