@@ -206,7 +206,9 @@ def resize_bilinear_align_corners(images, size):
   Returns:
     `[batch, new_height, new_width, channels]` tensor of `images.dtype`.
   """
-  out = tf.compat.v1.image.resize_bilinear(tf.cast(images, tf.float32), size, align_corners=True)
+  # The op behind tf.compat.v1.image.resize_bilinear, called directly (no deprecation warning).
+  out = tf.raw_ops.ResizeBilinear(images=tf.cast(images, tf.float32), size=tf.cast(size, tf.int32),
+                                  align_corners=True, half_pixel_centers=False)
   return tf.cast(out, images.dtype)
 
 
