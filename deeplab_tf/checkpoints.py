@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deeplab_tf.io_utils import atomic_output
 from deeplab_tf.model.layers import layer_name_to_scope
 
 # Keras weight name -> slim variable name (the weight's last path component).
@@ -269,17 +270,8 @@ def save_keras_atomically(model: keras.Model, path: str) -> str:
   """
   if not path.endswith(".keras"):
     raise ValueError(f"{path}: a Keras model file must end with .keras.")
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".keras", dir=folder)
-  os.close(fd)
-  try:
+  with atomic_output(path, suffix=".keras") as tmp:
     model.save(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
   return path
 
 

@@ -10,31 +10,16 @@ checkpoint prefix, or a `.keras` file (checkpoints of the original TF1 model zoo
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Optional, Tuple
 
 import keras
 import tensorflow as tf
 
+from deeplab_tf.io_utils import atomic_write_text
 from deeplab_tf.model.deeplab import build_deeplab
 from deeplab_tf.options import ModelOptions
 
 MODEL_OPTIONS_FILENAME = "model_options.json"
-
-
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file in the same folder and a rename."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def save_model_options(logdir: str, options: ModelOptions) -> str:

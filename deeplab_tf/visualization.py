@@ -10,13 +10,12 @@ temporary name in the destination folder and renamed when complete.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Optional
 
 import numpy as np
 from PIL import Image
 
+from deeplab_tf.io_utils import atomic_output
 from deeplab_tf.data.colormaps import get_colormap, label_to_color_image
 
 # Gap in pixels between the panels of `side_by_side`, filled with white.
@@ -44,17 +43,8 @@ def _as_label(label, what: str = "label") -> np.ndarray:
 
 def _atomic_save(picture: Image.Image, path: str) -> str:
   """Saves a Pillow image as PNG through a temporary file in the same folder and a rename."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      picture.save(f, format="PNG")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with atomic_output(path) as tmp:
+    picture.save(tmp, format="PNG")
   return path
 
 

@@ -1,6 +1,5 @@
 """SavedModel export: reloaded in a fresh process with plain tf.saved_model.load, same predictions."""
 import io
-import json
 import os
 import subprocess
 import sys

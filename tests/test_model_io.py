@@ -1,6 +1,5 @@
 """Round trips through deeplab_tf.model_io: options JSON, TF2 checkpoints, .keras files."""
 import json
-import os
 
 import numpy as np
 import pytest

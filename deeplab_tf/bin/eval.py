@@ -26,7 +26,8 @@ from deeplab_tf.data.descriptors import get_descriptor
 from deeplab_tf.data.pipeline import build_dataset
 from deeplab_tf.evaluation.evaluate import evaluate_dataset
 from deeplab_tf.evaluation.inference import model_mean_pixel
-from deeplab_tf.model_io import atomic_write_text, resolve_checkpoint
+from deeplab_tf.io_utils import atomic_write_text
+from deeplab_tf.model_io import resolve_checkpoint
 
 FLAGS = flags.FLAGS
 

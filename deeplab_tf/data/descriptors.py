@@ -21,6 +21,7 @@ from typing import Dict, Tuple
 from cityscapesscripts.helpers import labels as cityscapes_labels
 
 from deeplab_tf.data import colormaps
+from deeplab_tf.io_utils import atomic_write_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +157,4 @@ def get_descriptor(name_or_json_path: str) -> DatasetDescriptor:
 
 def write_descriptor(descriptor: DatasetDescriptor, path: str) -> None:
   """Writes `descriptor` as JSON to `path` (through a temporary file renamed when complete)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(descriptor.to_json() + "\n")
-  os.replace(tmp, path)
+  atomic_write_text(path, descriptor.to_json() + "\n")

@@ -1,5 +1,4 @@
 """deeplab_train end to end on TFRecords of real VOC photos, through the data room's pipeline."""
-import io
 import os
 
 import numpy as np
