@@ -16,7 +16,7 @@ $(STAMP): setup.py constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m deeplab_tf.demo --train_flagfile=experiments/demo_nuclei.flags
+	$(PY) -m deeplab_tf.bin.demo --train_flagfile=experiments/demo_nuclei.flags
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
