@@ -72,6 +72,11 @@ flags.DEFINE_string("tpu", None, "tpu: TPU name, grpc:// address or 'local'.")
 flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                   "Keras dtype policy.")
 flags.DEFINE_boolean("sync_batch_norm", False, "Synchronise BN statistics across replicas.")
+flags.DEFINE_string("validation_split", None, "Also compute mIoU on this split (e.g. val) after every "
+                    "checkpoint, written to TensorBoard as validation/miou (not in research/deeplab, "
+                    "which ran eval.py beside training).")
+flags.DEFINE_integer("validation_max_images", 50, "Images of --validation_split used (a subset, so that "
+                     "validation stays cheap); 0 = the whole split.")
 flags.DEFINE_float("batch_norm_decay", None, "Override of every BN moving-average decay (default: the "
                    "original's 0.9997); 0.9-0.99 for runs of a few hundred steps.")
 
@@ -111,6 +116,36 @@ def options_from_flags():
   return model_options, train_options, descriptor
 
 
+def _validation_fn(model_options, descriptor, pattern: str, max_images: int):
+  """mIoU of the model on the first `max_images` images of a split (one image at a time, own size).
+
+  The trainer's model has the training crop as its static input shape, so validation runs a twin built
+  for any input size (once), with the trained weights copied in.
+  """
+  from deeplab_tf.model.deeplab import build_deeplab  # pylint: disable=import-outside-toplevel
+  from deeplab_tf.data.pipeline import build_dataset  # pylint: disable=import-outside-toplevel
+  from deeplab_tf.evaluation.evaluate import evaluate_dataset  # pylint: disable=import-outside-toplevel
+  from deeplab_tf.evaluation.inference import model_mean_pixel  # pylint: disable=import-outside-toplevel
+  from deeplab_tf.options import EvalOptions  # pylint: disable=import-outside-toplevel
+
+  twin = []
+
+  def validate(model):
+    if not twin:
+      twin.append(build_deeplab(model_options))
+    twin[0].set_weights(model.get_weights())
+    model = twin[0]
+    dataset = build_dataset(pattern, is_training=False, crop_size=None, batch_size=1,
+                            ignore_label=descriptor.ignore_label, mean_pixel=model_mean_pixel(model))
+    if max_images > 0:
+      dataset = dataset.take(max_images)
+    metrics = evaluate_dataset(model, dataset, EvalOptions(), num_classes=descriptor.num_classes,
+                               ignore_label=descriptor.ignore_label)
+    return {"miou": metrics.miou, "pixel_accuracy": metrics.pixel_accuracy}
+
+  return validate
+
+
 def main(argv):
   del argv
   if not FLAGS.train_logdir:
@@ -132,14 +167,25 @@ def main(argv):
     logging.info("step %d/%d  loss %.4f  lr %.3g  %.2f steps/s  ETA %.0f s", p.step, p.total_steps,
                  p.loss, p.learning_rate, p.steps_per_sec, p.eta_seconds)
 
+  validation_fn = None
+  if FLAGS.validation_split:
+    validation_fn = _validation_fn(model_options, descriptor, eval_common.split_pattern(
+        FLAGS.dataset_dir, FLAGS.validation_split, "validation_split"), FLAGS.validation_max_images)
+
   bar = tqdm(total=train_options.training_number_of_steps, unit="step") if FLAGS.progress_bar else None
+
+  def bar_postfix(p: trainer.Progress):
+    bar.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.learning_rate:.3g}")
+
   try:
     result = trainer.train(model_options, train_options, pattern, FLAGS.train_logdir,
                            strategy=strategy, ignore_label=descriptor.ignore_label, progress=bar,
-                           on_log=None if bar else log_line)
+                           on_log=bar_postfix if bar else log_line, validation_fn=validation_fn)
   finally:
     if bar is not None:
       bar.close()
+  for step, values in result.validation:
+    logging.info("validation at step %d: %s", step, values)
   logging.info("%s at step %d, loss %.4f, %.0f s; checkpoint %s",
                "Interrupted" if result.interrupted else "Finished", result.final_step,
                result.last_loss, result.wall_time_seconds, result.checkpoint_path)

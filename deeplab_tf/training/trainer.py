@@ -22,7 +22,7 @@ import shutil
 import signal
 import threading
 import time
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
@@ -81,6 +81,7 @@ class TrainResult:
     checkpoint_path: the latest checkpoint prefix written (None if none was written).
     interrupted: stopped early by SIGTERM or `stop_event`, after writing a checkpoint.
     model: the trained Keras model (built under the strategy's scope).
+    validation: `(step, {name: value})` from `validation_fn` after every checkpoint.
   """
 
   final_step: int
@@ -91,6 +92,7 @@ class TrainResult:
   checkpoint_path: Optional[str]
   interrupted: bool = False
   model: Optional[keras.Model] = dataclasses.field(default=None, repr=False)
+  validation: List[Tuple[int, Dict[str, float]]] = dataclasses.field(default_factory=list)
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")
@@ -255,7 +257,9 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
           model_fn: Optional[Callable[[ModelOptions], keras.Model]] = None,
           progress=None, on_log: Optional[Callable[[Progress], None]] = None,
           stop_event: Optional[threading.Event] = None,
-          checkpoint_input_pipeline: Optional[bool] = None) -> TrainResult:
+          checkpoint_input_pipeline: Optional[bool] = None,
+          validation_fn: Optional[Callable[[keras.Model], Mapping[str, float]]] = None
+          ) -> TrainResult:
   """Trains DeepLab, resuming from the latest checkpoint in `train_logdir` if there is one.
 
   Args:
@@ -277,6 +281,10 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
     checkpoint_input_pipeline: save the input iterator in the checkpoints, so that a resumed run
       reads on where it stopped. Default: True except with multi-worker training, where each worker
       instead skips the batches already consumed (exact only for a deterministic dataset_fn).
+    validation_fn: called on the chief with the model after every checkpoint (and at the end); its
+      values (e.g. {"miou": 0.61}) are written as TensorBoard scalars `validation/<name>` at that step
+      and kept in `TrainResult.validation`. The binary's `--validation_split` evaluates mIoU on a
+      validation subset this way.
 
   Returns:
     A `TrainResult`.
@@ -412,10 +420,17 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
   current = start_step
   interval_start, interval_step = time.time(), current
 
+  validation: List[Tuple[int, Dict[str, float]]] = []
+
   def save():
     nonlocal saved_path, saved_step
     path = manager.save(checkpoint_number=current)
     saved_path, saved_step = (path if chief else saved_path), current
+    if chief and validation_fn is not None:
+      values = {k: float(v) for k, v in validation_fn(model).items()}
+      validation.append((current, values))
+      for name, value in values.items():
+        tf.summary.scalar(f"validation/{name}", value, step=current)
 
   try:
     with _SigtermFlag(stop_event), writer.as_default():
@@ -462,4 +477,5 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
     history.append((current, last_loss))
   return TrainResult(final_step=current, start_step=start_step, last_loss=last_loss,
                      losses=history, wall_time_seconds=time.time() - started,
-                     checkpoint_path=saved_path, interrupted=interrupted, model=model)
+                     checkpoint_path=saved_path, interrupted=interrupted, model=model,
+                     validation=validation)

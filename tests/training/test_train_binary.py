@@ -40,18 +40,22 @@ def test_train_binary_trains_and_writes_checkpoint_options_and_summaries(tmp_pat
           "--dataset=pascal_voc_seg", "--train_split=train", "--model_variant=mobilenet_v2",
           "--train_crop_size=33,33", "--train_batch_size=2", "--training_number_of_steps=2",
           "--base_learning_rate=0.01", "--save_summaries_steps=1", "--log_steps=1", "--seed=1",
-          "--save_summaries_images"]
+          "--save_summaries_images", "--validation_split=train", "--validation_max_images=1"]
   parse_flags(*args)
   train_bin.main([])
   assert tf.train.latest_checkpoint(str(tmp_path / "log")).endswith("ckpt-2")
   from deeplab_tf import model_io
   options = model_io.load_model_options(str(tmp_path / "log"))
   assert options.model_variant == "mobilenet_v2" and options.num_classes == 21
-  tags = set()
+  tags, validation = set(), []
   for event_file in tf.io.gfile.glob(str(tmp_path / "log" / "events.out.tfevents.*")):
     for event in tf.compat.v1.train.summary_iterator(event_file):
       tags.update(v.tag for v in event.summary.value)
+      validation += [(event.step, float(tf.make_ndarray(v.tensor))) for v in event.summary.value
+                     if v.tag == "validation/miou"]
   assert {"total_loss", "learning_rate", "samples/image", "samples/prediction"} <= tags
+  # --validation_split: mIoU of one image after the (final) checkpoint at step 2.
+  assert len(validation) == 1 and validation[0][0] == 2 and 0.0 <= validation[0][1] <= 1.0
 
 
 def test_bad_flags_are_named(tmp_path, parse_flags):
