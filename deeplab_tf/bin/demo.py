@@ -10,8 +10,8 @@ Runs, as a user would, each of the project's own commands in its own process:
   4. `deeplab_vis`: overlays of the held-out tiles and of the VOC photos (panels: image | ground truth |
      prediction of the demo model, which knows only the sample's classes).
   5. `deeplab_export_model`, then a fresh Python process that imports only TensorFlow loads the
-     SavedModel and segments a real photo (the held-out region as one PNG), and its labels are compared
-     with the Keras model's.
+     SavedModel and segments the held-out tiles (real image crops as PNG files) in one request; its
+     labels are scored and compared with the Keras model's.
 Prints a summary: steps, wall time, mIoU against the baseline, and where every output is.
 """
 
@@ -67,35 +67,39 @@ def _run(step: str, args, log_lines: list) -> float:
 
 SERVE_SCRIPT = textwrap.dedent("""
     # A fresh process that knows nothing of deeplab_tf: TensorFlow Serving's view of the export.
-    import json, sys
+    # One request with every image's encoded bytes; labels come back padded to the largest image.
+    import sys
     import numpy as np
     import tensorflow as tf
-    export_dir, image_path, out_path = sys.argv[1:4]
+    export_dir, out_path, image_paths = sys.argv[1], sys.argv[2], sys.argv[3:]
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
-    image_bytes = tf.io.read_file(image_path)
-    out = serve(image_bytes=tf.reshape(image_bytes, [1]))
-    h, w = int(out["height"][0]), int(out["width"][0])
-    labels = out["semantic_predictions"][0, :h, :w].numpy().astype(np.int32)
-    np.save(out_path, labels)
-    print(json.dumps({"height": h, "width": w, "classes": np.unique(labels).tolist()}))
+    out = serve(image_bytes=tf.stack([tf.io.read_file(p) for p in image_paths]))
+    labels = {}
+    for i, path in enumerate(image_paths):
+      h, w = int(out["height"][i]), int(out["width"][i])
+      labels[str(i)] = out["semantic_predictions"][i, :h, :w].numpy().astype(np.int32)
+    np.savez(out_path, **labels)
+    print(f"segmented {len(image_paths)} images in one request:", [v.shape for v in labels.values()])
 """)
 
 
-def _held_out_png(sample: str, path: str) -> np.ndarray:
-  """Writes the held-out region of the sample image as an 8-bit RGB PNG; returns its labels.
+def _held_out_tiles(data_dir: str, serve_dir: str):
+  """Writes the held-out (val) tiles of the converted sample as PNG files; returns (paths, labels).
 
-  The region and the 16-bit to 8-bit mapping are the converter's own (`region_box`, `read_image`).
+  They are real image crops exactly as the converter stored them (`parse_example`), so the fresh
+  process segments what `deeplab_eval` scored.
   """
-  from datasets.build_folder_data import region_box
+  import tensorflow as tf
   from deeplab_tf import visualization
-  from deeplab_tf.data import writer
-  task = SAMPLE_TASKS[sample]
-  image_path, label_path = (os.path.join(SAMPLES, p) for p in task["pairs"].split(":"))
-  pixels = writer.read_image(image_path).pixels
-  raw = np.asarray(writer.read_label(label_path))
-  y0, x0, y1, x1 = region_box(VAL_REGION, *pixels.shape[:2])
-  visualization.save_image_png(pixels[y0:y1, x0:x1], path)
-  return (raw[y0:y1, x0:x1] > 0).astype(np.int32)
+  from deeplab_tf.data.features import parse_example
+  from deeplab_tf.data.pipeline import list_files
+  paths, labels = [], []
+  for i, record in enumerate(tf.data.TFRecordDataset(list_files(os.path.join(data_dir, "val-*")))):
+    example = parse_example(record)
+    path = os.path.join(serve_dir, f"held_out_{i:02d}.png")
+    paths.append(visualization.save_image_png(example["image"].numpy(), path))
+    labels.append(example["label"].numpy()[..., 0])
+  return paths, labels
 
 
 def main(argv):
@@ -137,21 +141,20 @@ def main(argv):
                   f"--export_path={paths['export']}"], steps)
 
   os.makedirs(paths["serve"], exist_ok=True)
-  photo = os.path.join(paths["serve"], "held_out_region.png")
-  labels = _held_out_png(FLAGS.sample, photo)
-  served_path = os.path.join(paths["serve"], "served_labels.npy")
+  photos, labels = _held_out_tiles(paths["data"], paths["serve"])
+  served_path = os.path.join(paths["serve"], "served_labels.npz")
   script = os.path.join(paths["serve"], "serve_check.py")
   with open(script, "w") as f:
     f.write(SERVE_SCRIPT)
-  print(f"\n=== reload the SavedModel in a fresh process: python {script}", flush=True)
+  print(f"\n=== reload the SavedModel in a fresh process: python {script} ...", flush=True)
   t = time.time()
-  subprocess.run([sys.executable, script, paths["export"], photo, served_path], check=True,
+  subprocess.run([sys.executable, script, paths["export"], served_path, *photos], check=True,
                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   steps.append(("reload + segment in a fresh process", time.time() - t))
-  _summarise(paths, labels, served_path, photo, train_seconds, steps, time.time() - started)
+  _summarise(paths, photos, labels, served_path, train_seconds, steps, time.time() - started)
 
 
-def _summarise(paths, labels, served_path, photo, train_seconds, steps, wall):
+def _summarise(paths, photos, labels, served_path, train_seconds, steps, wall):
   """Compares the served labels with the Keras model's and prints the summary."""
   from PIL import Image
 
@@ -159,13 +162,18 @@ def _summarise(paths, labels, served_path, photo, train_seconds, steps, wall):
   from deeplab_tf.evaluation.inference import predict_labels
   from deeplab_tf.evaluation.metrics import ConfusionMatrix, compute_metrics
 
-  served = np.load(served_path)
+  served_npz = np.load(served_path)
+  served = [served_npz[str(i)] for i in range(len(photos))]
   model, options = model_io.load_model(paths["train"])
-  image = np.asarray(Image.open(photo).convert("RGB"), np.float32)[None]
-  keras_labels = predict_labels(model, image).numpy()[0]
-  agreement = float((keras_labels == served).mean())
+  equal = total = 0
   served_metrics = ConfusionMatrix(options.num_classes)
-  served_metrics.update(labels, served)
+  for photo, label, served_labels in zip(photos, labels, served):
+    image = np.asarray(Image.open(photo).convert("RGB"), np.float32)[None]
+    keras_labels = predict_labels(model, image).numpy()[0]
+    equal += int((keras_labels == served_labels).sum())
+    total += keras_labels.size
+    served_metrics.update(label, served_labels)
+  agreement = equal / max(total, 1)
 
   results = sorted(f for f in os.listdir(paths["eval"]) if f.endswith(".json"))
   metrics = json.load(open(os.path.join(paths["eval"], results[-1])))
@@ -187,9 +195,9 @@ def _summarise(paths, labels, served_path, photo, train_seconds, steps, wall):
     ours = metrics["per_class_iou"][name]
     lines.append(f"  {name:<12}{_pct(ours):>12}{_pct(theirs):>24}")
   lines += [f"  {'mIoU':<12}{_pct(metrics['miou']):>12}{_pct(base.miou):>24}",
-            f"SavedModel reloaded in a fresh process on the held-out region as one PNG "
-            f"({served.shape[1]}x{served.shape[0]}): mIoU {_pct(served_metrics.result().miou)}, "
-            f"{agreement:.4%} of pixels equal to the Keras model's labels",
+            f"SavedModel reloaded in a fresh process, {len(photos)} held-out PNG tiles in one request: "
+            f"mIoU {_pct(served_metrics.result().miou)}, {agreement:.4%} of pixels equal to the Keras "
+            "model's labels",
             "", "time per step of the demo:"]
   lines += [f"  {name:<40}{seconds:>7.0f} s" for name, seconds in steps]
   lines += [f"  {'total':<40}{wall:>7.0f} s", "", "outputs:"]
