@@ -164,8 +164,9 @@ def main(argv):
                train_options.to_json())
 
   def log_line(p: trainer.Progress):
-    logging.info("step %d/%d  loss %.4f  lr %.3g  %.2f steps/s  ETA %.0f s", p.step, p.total_steps,
-                 p.loss, p.learning_rate, p.steps_per_sec, p.eta_seconds)
+    logging.info("step %d/%d  loss %.4f (cross-entropy %.4f)  lr %.3g  %.2f steps/s  ETA %.0f s",
+                 p.step, p.total_steps, p.loss, p.cross_entropy, p.learning_rate, p.steps_per_sec,
+                 p.eta_seconds)
 
   validation_fn = None
   if FLAGS.validation_split:
@@ -175,7 +176,7 @@ def main(argv):
   bar = tqdm(total=train_options.training_number_of_steps, unit="step") if FLAGS.progress_bar else None
 
   def bar_postfix(p: trainer.Progress):
-    bar.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.learning_rate:.3g}")
+    bar.set_postfix(loss=f"{p.loss:.4f}", xent=f"{p.cross_entropy:.4f}", lr=f"{p.learning_rate:.3g}")
 
   try:
     result = trainer.train(model_options, train_options, pattern, FLAGS.train_logdir,

@@ -58,6 +58,7 @@ class Progress:
     learning_rate: the learning rate of the last step.
     steps_per_sec: steps per second over the last logging interval.
     eta_seconds: remaining steps / `steps_per_sec`.
+    cross_entropy: the loss without weight decay (the part that measures the fit), float.
   """
 
   step: int
@@ -66,6 +67,7 @@ class Progress:
   learning_rate: float
   steps_per_sec: float
   eta_seconds: float
+  cross_entropy: float = float("nan")
 
 
 @dataclasses.dataclass
@@ -464,7 +466,8 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
           interval_start, interval_step = now, current
           if on_log is not None:
             on_log(Progress(current, total_steps, last_loss, learning_rate, rate,
-                            (total_steps - current) / max(rate, 1e-9)))
+                            (total_steps - current) / max(rate, 1e-9),
+                            cross_entropy=float(outputs["cross_entropy"])))
         if current % train_options.save_interval_steps == 0:
           save()
       if saved_step != current and current > start_step:

@@ -48,12 +48,16 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_stop_event_checkpoints_at_the_current_step_and_resume_finishes(tmp_path):
   stop = threading.Event()
+  logged = []
 
   def on_log(progress):
+    logged.append(progress)
     if progress.step == 6:
       stop.set()
   result = _train(TRAIN, tmp_path, on_log=on_log, stop_event=stop)
   assert result.interrupted and result.final_step == 6
+  # The progress reports split the total loss: cross-entropy plus a non-negative weight decay.
+  assert logged and all(np.isfinite(p.cross_entropy) and p.loss >= p.cross_entropy for p in logged)
   assert _ckpt_steps(tmp_path)[-1] == 6
   resumed = _train(TRAIN, tmp_path)
   assert resumed.start_step == 6 and resumed.final_step == 12 and not resumed.interrupted
