@@ -20,6 +20,8 @@ from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from deeplab_tf.image_ops import resize_bilinear_align_corners, resize_nearest_align_corners
+
 PROB_OF_FLIP = 0.5  # research/deeplab input_preprocess._PROB_OF_FLIP
 
 
@@ -72,7 +74,7 @@ def scale_image_and_label(image: tf.Tensor, label: Optional[tf.Tensor], scale: t
   """Resizes image and label by `scale` (research/deeplab `randomly_scale_image_and_label`).
 
   The new size is `int(float(size) * scale)` per side; the image is resized bilinearly and the label by
-  nearest neighbour, both with align_corners=True (`tf.compat.v1.image.resize_*`, TF2's resize cannot).
+  nearest neighbour, both with align_corners=True (`deeplab_tf.image_ops`; TF2's resize cannot).
 
   Args:
     image: float32 [height, width, 3].
@@ -83,11 +85,9 @@ def scale_image_and_label(image: tf.Tensor, label: Optional[tf.Tensor], scale: t
     (float32 [h', w', 3], int32 [h', w', 1] or None).
   """
   size = tf.cast(tf.cast(tf.shape(image)[:2], tf.float32) * scale, tf.int32)
-  image = tf.raw_ops.ResizeBilinear(images=image[None], size=size, align_corners=True,
-                                    half_pixel_centers=False)[0]
+  image = resize_bilinear_align_corners(image[None], size)[0]
   if label is not None:
-    label = tf.raw_ops.ResizeNearestNeighbor(images=label[None], size=size, align_corners=True,
-                                             half_pixel_centers=False)[0]
+    label = resize_nearest_align_corners(label[None], size)[0]
   return image, label
 
 

@@ -32,37 +32,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deeplab_tf.image_ops import resize_bilinear_align_corners
 from deeplab_tf.model import layers as model_layers
 from deeplab_tf.options import EvalOptions
 
 # The name build_deeplab gives the layer resizing the logits to the input size.
 UPSAMPLE_LAYER_NAME = "upsample_logits"
-# Mean pixel of [-1, 1] encoders (Xception, MobileNet, ResNet beta): 127.5 becomes 0.
-ZERO_MEAN_UNIT_RANGE_MEAN_PIXEL = (127.5, 127.5, 127.5)
-
 _LOW_RESOLUTION_MODELS = weakref.WeakKeyDictionary()
-
-
-def mean_pixel_for_preprocessing(preprocessing: str):
-  """The RGB padding value that the encoder's preprocessing maps to 0 (REFERENCE "Input normalisation").
-
-  Raises:
-    ValueError: for an unknown preprocessing name.
-  """
-  if preprocessing == model_layers.ZERO_MEAN_UNIT_RANGE:
-    return ZERO_MEAN_UNIT_RANGE_MEAN_PIXEL
-  if preprocessing == model_layers.SUBTRACT_IMAGENET_MEAN:
-    return tuple(model_layers.IMAGENET_MEAN_RGB)
-  raise ValueError(f"preprocessing={preprocessing!r}: expected {model_layers.ZERO_MEAN_UNIT_RANGE!r} "
-                   f"or {model_layers.SUBTRACT_IMAGENET_MEAN!r}.")
 
 
 def model_mean_pixel(model) -> tuple:
   """The mean pixel of a `build_deeplab` model (from its `Preprocess` layer); 127.5 for other models."""
   for layer in getattr(model, "layers", ()):
     if isinstance(layer, model_layers.Preprocess):
-      return mean_pixel_for_preprocessing(layer.mode)
-  return ZERO_MEAN_UNIT_RANGE_MEAN_PIXEL
+      return model_layers.mean_pixel_for_preprocessing(layer.mode)
+  return model_layers.MEAN_PIXEL[model_layers.ZERO_MEAN_UNIT_RANGE]
 
 
 def low_resolution_logits_model(model):
@@ -149,11 +133,11 @@ def _multi_scale_probabilities(model, images, scales: Sequence[float], add_flipp
   total = None
   count = 0
   for scale in scales:
-    scaled = images if scale == 1.0 else model_layers.resize_bilinear_align_corners(
+    scaled = images if scale == 1.0 else resize_bilinear_align_corners(
         images, scaled_size(size, scale))
     batch = tf.concat([scaled, tf.reverse(scaled, [2])], axis=0) if add_flipped_images else scaled
     logits = tf.cast(network(_model_input(model, batch), training=False), tf.float32)
-    probabilities = tf.nn.softmax(model_layers.resize_bilinear_align_corners(logits, size))
+    probabilities = tf.nn.softmax(resize_bilinear_align_corners(logits, size))
     if add_flipped_images:
       plain, flipped = tf.split(probabilities, 2, axis=0)
       probabilities = plain + tf.reverse(flipped, [2])

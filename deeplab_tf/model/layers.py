@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
+from deeplab_tf.image_ops import resize_bilinear_align_corners
+
 # Keras forbids "/" in layer names; the original scopes are spelled with "." instead.
 SCOPE_SEPARATOR = "."
 
@@ -23,6 +25,21 @@ ZERO_MEAN_UNIT_RANGE = "zero_mean_unit_range"
 # [0, 255] RGB minus the ImageNet mean ("_preprocess_subtract_imagenet_mean"), for plain ResNet-v1.
 SUBTRACT_IMAGENET_MEAN = "subtract_imagenet_mean"
 IMAGENET_MEAN_RGB = (123.15, 115.90, 103.06)
+# The RGB value each preprocessing maps to 0: what training and evaluation pad images with
+# (REFERENCE.md "Input normalisation").
+MEAN_PIXEL = {ZERO_MEAN_UNIT_RANGE: (127.5, 127.5, 127.5), SUBTRACT_IMAGENET_MEAN: IMAGENET_MEAN_RGB}
+
+
+def mean_pixel_for_preprocessing(preprocessing: str):
+  """The RGB padding value that `preprocessing` maps to 0.
+
+  Raises:
+    ValueError: for an unknown preprocessing name.
+  """
+  try:
+    return MEAN_PIXEL[preprocessing]
+  except KeyError:
+    raise ValueError(f"preprocessing={preprocessing!r}: expected one of {sorted(MEAN_PIXEL)}.") from None
 
 
 def scope_to_layer_name(scope: str) -> str:
@@ -192,24 +209,6 @@ class Preprocess(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "mode": self.mode}
-
-
-def resize_bilinear_align_corners(images, size):
-  """Bilinear resize with align_corners=True, half_pixel_centers=False, as every resize in the original.
-
-  TF2's `tf.image.resize` cannot do this; the v1 op can. Computes in float32 and returns the input dtype.
-
-  Args:
-    images: `[batch, height, width, channels]` tensor.
-    size: `[new_height, new_width]` (ints or an int32 tensor).
-
-  Returns:
-    `[batch, new_height, new_width, channels]` tensor of `images.dtype`.
-  """
-  # The op behind tf.compat.v1.image.resize_bilinear, called directly (no deprecation warning).
-  out = tf.raw_ops.ResizeBilinear(images=tf.cast(images, tf.float32), size=tf.cast(size, tf.int32),
-                                  align_corners=True, half_pixel_centers=False)
-  return tf.cast(out, images.dtype)
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from deeplab_tf.model.layers import resize_bilinear_align_corners
+from deeplab_tf.image_ops import resize_bilinear_align_corners, resize_nearest_align_corners
 
 
 def label_weights(labels, num_classes: int, ignore_label: int,
@@ -98,8 +98,7 @@ def softmax_cross_entropy_loss(logits, labels, *, num_classes: int, ignore_label
   if upsample_logits:
     logits = resize_bilinear_align_corners(logits, tf.shape(labels)[1:3])
   else:
-    labels = tf.compat.v1.image.resize_nearest_neighbor(labels, tf.shape(logits)[1:3],
-                                                        align_corners=True)
+    labels = resize_nearest_align_corners(labels, tf.shape(logits)[1:3])
   labels = tf.reshape(labels, [-1])
   logits = tf.reshape(logits, [-1, num_classes])
   weights = label_weights(labels, num_classes, ignore_label, class_weights)

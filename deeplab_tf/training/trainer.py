@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_tf.model.deeplab import build_deeplab
-from deeplab_tf.model.layers import kernel_variables, layer_name_to_scope
+from deeplab_tf.model.layers import kernel_variables, layer_name_to_scope, mean_pixel_for_preprocessing
 from deeplab_tf.options import ModelOptions, TrainOptions
 from deeplab_tf.training import losses, strategy as strategy_lib
 from deeplab_tf.training.schedules import learning_rate_schedule
@@ -201,7 +201,6 @@ def file_pattern_dataset_fn(file_pattern: str, model_options: ModelOptions,
   """A `DatasetFn` over TFRecord shards through `deeplab_tf.data.pipeline.build_dataset`, with the
   encoder's mean pixel (padding becomes 0 after preprocessing) and the options' augmentation."""
   from deeplab_tf.data import pipeline  # pylint: disable=import-outside-toplevel
-  from deeplab_tf.evaluation.inference import mean_pixel_for_preprocessing  # pylint: disable=import-outside-toplevel
   from deeplab_tf.model.encoders import get_encoder  # pylint: disable=import-outside-toplevel
   mean_pixel = mean_pixel_for_preprocessing(get_encoder(model_options.model_variant).preprocessing)
 

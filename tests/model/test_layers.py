@@ -11,6 +11,7 @@ with a 3x3 stride-2 all-ones kernel, x = arange(16).reshape(4, 4):
 
 import keras
 import numpy as np
+import pytest
 
 from deeplab_tf.model import layers
 from deeplab_tf.model.encoders import mobilenet_v2
@@ -60,3 +61,12 @@ def test_mobilenet_first_conv_uses_same_padding():
   images[..., 0] = X[..., 0] / 100.0  # Keep the sums below ReLU6's cap.
   out = model(images).numpy()[0, :, :, 0]
   np.testing.assert_allclose(out, SAME / 100.0 / np.sqrt(1.0 + 1e-3), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", [layers.ZERO_MEAN_UNIT_RANGE, layers.SUBTRACT_IMAGENET_MEAN])
+def test_mean_pixel_is_what_the_preprocessing_maps_to_zero(mode):
+  mean = np.asarray(layers.mean_pixel_for_preprocessing(mode), np.float32)
+  out = layers.Preprocess(mode)(np.broadcast_to(mean, (1, 2, 2, 3)).copy()).numpy()
+  np.testing.assert_allclose(out, 0.0, atol=1e-6)
+  with pytest.raises(ValueError, match="preprocessing="):
+    layers.mean_pixel_for_preprocessing("caffe")
