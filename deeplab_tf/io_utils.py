@@ -45,6 +45,22 @@ def basename(path: str) -> str:
   return posixpath.basename(path) if has_scheme(path) else os.path.basename(path)
 
 
+def isdir(path: str) -> bool:
+  """`tf.io.gfile.isdir(path)`, also exact on TensorFlow's in-memory `ram://` filesystem.
+
+  That filesystem answers "is a folder" for any string prefix of a stored name (with
+  `ram://d/ckpt-3.index` stored, `ram://d/ckpt-3` and `ram://d/ckpt` are "folders"), which would
+  make a checkpoint prefix look like a log directory; there the name must also be listed in its parent.
+  """
+  if not tf.io.gfile.isdir(path):
+    return False
+  if not path.startswith("ram://"):
+    return True
+  path = path.rstrip("/")
+  parent = dirname(path)
+  return parent == path or basename(path) in tf.io.gfile.listdir(parent)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str, suffix: str = ".tmp") -> Iterator[str]:
   """Yields a temporary path beside `path`; renames it to `path` when the block completes.

@@ -40,7 +40,7 @@ def load_model_options(path: str) -> ModelOptions:
       os.path.join(path, MODEL_OPTIONS_FILENAME),
       os.path.join(io_utils.dirname(path), MODEL_OPTIONS_FILENAME)]
   for candidate in candidates:
-    if tf.io.gfile.exists(candidate) and not tf.io.gfile.isdir(candidate):
+    if tf.io.gfile.exists(candidate) and not io_utils.isdir(candidate):
       text = io_utils.read_text(candidate)
       try:
         return ModelOptions.from_json(text)
@@ -57,7 +57,7 @@ def resolve_checkpoint(path: str) -> str:
   Raises:
     FileNotFoundError: a directory with no checkpoint, or a prefix with no `.index` file.
   """
-  if tf.io.gfile.isdir(path):
+  if io_utils.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
       raise FileNotFoundError(f"{path}: no checkpoint found in this directory (expected ckpt-N files "
@@ -93,7 +93,7 @@ def load_model(path: str, options: Optional[ModelOptions] = None,
     return model, options
   prefix = resolve_checkpoint(path)
   if options is None:
-    options = load_model_options(path if tf.io.gfile.isdir(path) else prefix)
+    options = load_model_options(path if io_utils.isdir(path) else prefix)
   model = build_deeplab(options, input_dtype=input_dtype)
   status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
   try:

@@ -5,7 +5,7 @@ import pytest
 
 import tensorflow as tf
 
-from deeplab_tf.io_utils import (atomic_open, atomic_output, atomic_write_text, basename, dirname,
+from deeplab_tf.io_utils import (atomic_open, atomic_output, atomic_write_text, basename, dirname, isdir,
                                  read_text)
 
 
@@ -79,3 +79,13 @@ def test_relative_path_writes_in_the_working_directory(tmp_path, monkeypatch):
 def test_read_text_of_a_missing_file_names_it():
   with pytest.raises(FileNotFoundError, match="ram://io_utils_test/none.json"):
     read_text("ram://io_utils_test/none.json")
+
+
+def test_isdir_is_exact_on_ram():
+  # TF's ram:// answers gfile.isdir for any string prefix of a stored name; io_utils.isdir does not.
+  atomic_write_text("ram://io_utils_test/isdir/ckpt-3.index", "x")
+  assert tf.io.gfile.isdir("ram://io_utils_test/isdir/ckpt-3")  # The quirk worked around.
+  assert not isdir("ram://io_utils_test/isdir/ckpt-3")
+  assert not isdir("ram://io_utils_test/isdir/ckpt-3.index")
+  assert isdir("ram://io_utils_test/isdir") and isdir("ram://io_utils_test/isdir/")
+  assert not isdir("ram://io_utils_test/none")

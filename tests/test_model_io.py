@@ -61,6 +61,8 @@ def test_options_and_checkpoint_on_the_ram_filesystem(tmp_path, monkeypatch):
   model = deeplab_tf.build_deeplab(OPTIONS)
   tf.train.CheckpointManager(tf.train.Checkpoint(model=model), logdir, max_to_keep=1).save(3)
   assert model_io.resolve_checkpoint(logdir) == logdir + "/ckpt-3"
+  assert model_io.resolve_checkpoint(logdir + "/ckpt-3") == logdir + "/ckpt-3"
+  assert model_io.load_model(logdir + "/ckpt-3")[1] == OPTIONS
   restored, options = model_io.load_model(logdir)
   assert options == OPTIONS
   images = np.random.default_rng(1).uniform(0, 255, (1, 33, 33, 3)).astype(np.float32)
