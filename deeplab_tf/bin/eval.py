@@ -67,7 +67,7 @@ def evaluate_checkpoint(checkpoint: str, descriptor, eval_options) -> dict:
   for name, iou in result["per_class_iou"].items():
     print(f"  {name:>20s}: " + ("absent" if iou is None else f"{100 * iou:.2f}%"))
   if FLAGS.eval_logdir:
-    os.makedirs(FLAGS.eval_logdir, exist_ok=True)
+    tf.io.gfile.makedirs(FLAGS.eval_logdir)
     path = os.path.join(FLAGS.eval_logdir, f"eval_{os.path.basename(checkpoint)}.json")
     atomic_write_text(path, json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")

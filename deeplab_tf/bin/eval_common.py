@@ -9,6 +9,7 @@ import os
 import re
 from typing import Optional, Sequence, Tuple
 
+import tensorflow as tf
 from absl import flags
 
 from deeplab_tf.bin import model_flags  # noqa: F401  (defines --checkpoint_path)
@@ -72,7 +73,7 @@ def load_model_from_flags(path: str):
 
 def split_pattern(dataset_dir: Optional[str], split: str, flag_name: str) -> str:
   """`<dataset_dir>/<split>-*.tfrecord` (raises ValueError naming --dataset_dir when missing)."""
-  if not dataset_dir or not os.path.isdir(dataset_dir):
+  if not dataset_dir or not tf.io.gfile.isdir(dataset_dir):
     raise ValueError(f"--dataset_dir={dataset_dir!r}: expected the folder of the {split}-*.tfrecord shards "
                      f"(--{flag_name}={split}).")
   return os.path.join(dataset_dir, f"{split}-*.tfrecord")

@@ -94,3 +94,34 @@ def test_vis_binary_writes_images_predictions_and_raw_ids(setup):
                                   expected)
     np.testing.assert_array_equal(
         visualization.read_label_png(str(root / "vis" / "raw_segmentation_results" / f"{name}.png")), expected)
+
+
+def test_eval_and_vis_on_the_ram_filesystem(setup, tmp_path, monkeypatch):
+  # Data, checkpoint and outputs all on TF's in-memory filesystem: what a gs:// user relies on. Nothing
+  # may land on the local disk (os.makedirs("ram://x") would make a local folder "ram:").
+  root, model, examples = setup
+  ram = "ram://binaries_test"
+  for folder, _, files in tf.io.gfile.walk(str(root)):
+    for name in files:
+      if folder.startswith(str(root / "train")) or name.endswith((".tfrecord", ".json")):
+        target = ram + folder[len(str(root)):] + "/" + name
+        tf.io.gfile.makedirs(os.path.dirname(target))
+        tf.io.gfile.copy(os.path.join(folder, name), target, overwrite=True)
+  monkeypatch.chdir(tmp_path)
+  common = dict(checkpoint_dir=ram + "/train", dataset=ram + "/tiny.json", dataset_dir=ram)
+  with flagsaver.flagsaver(eval_logdir=ram + "/eval", eval_split="val", eval_crop_size=["33", "41"],
+                           max_number_of_evaluations=1, **common):
+    eval_bin.main([])
+  with tf.io.gfile.GFile(ram + "/eval/eval_ckpt-1.json") as f:
+    result = json.load(f)
+  assert result["checkpoint"] == ram + "/train/ckpt-1"
+  assert result["num_pixels"] == (33 - 3) * 41 + (29 - 3) * 33
+  assert any(name.startswith("events.out.tfevents") for name in tf.io.gfile.listdir(ram + "/eval"))
+  with flagsaver.flagsaver(vis_logdir=ram + "/vis", vis_split="val", vis_crop_size=["33", "41"],
+                           also_save_raw_predictions=True, **common):
+    vis_bin.main([])
+  assert len(tf.io.gfile.listdir(ram + "/vis/segmentation_results")) == 8
+  expected = inference.predict_labels(model, examples[1][1][None], EvalOptions(eval_crop_size=CROP))[0]
+  np.testing.assert_array_equal(
+      visualization.read_label_png(ram + "/vis/raw_segmentation_results/second.png"), expected.numpy())
+  assert os.listdir(tmp_path) == []
