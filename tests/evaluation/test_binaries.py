@@ -17,6 +17,7 @@ from deeplab_tf.data.features import encode_example
 from deeplab_tf.evaluation import inference
 from deeplab_tf.evaluation.metrics import ConfusionMatrix
 from deeplab_tf.model_io import save_model_options
+from ram_fs import copy_to_ram
 
 PHOTO = os.path.join(os.path.dirname(__file__), "..", "..", "datasets", "samples", "voc2012_sample",
                      "JPEGImages", "2011_000006.jpg")
@@ -100,13 +101,8 @@ def test_eval_and_vis_on_the_ram_filesystem(setup, tmp_path, monkeypatch):
   # Data, checkpoint and outputs all on TF's in-memory filesystem: what a gs:// user relies on. Nothing
   # may land on the local disk (os.makedirs("ram://x") would make a local folder "ram:").
   root, model, examples = setup
-  ram = "ram://binaries_test"
-  for folder, _, files in tf.io.gfile.walk(str(root)):
-    for name in files:
-      if folder.startswith(str(root / "train")) or name.endswith((".tfrecord", ".json")):
-        target = ram + folder[len(str(root)):] + "/" + name
-        tf.io.gfile.makedirs(os.path.dirname(target))
-        tf.io.gfile.copy(os.path.join(folder, name), target, overwrite=True)
+  ram = copy_to_ram(root, "ram://binaries_test",
+                    keep=lambda path: path.startswith("train/") or path.endswith((".tfrecord", ".json")))
   monkeypatch.chdir(tmp_path)
   common = dict(checkpoint_dir=ram + "/train", dataset=ram + "/tiny.json", dataset_dir=ram)
   with flagsaver.flagsaver(eval_logdir=ram + "/eval", eval_split="val", eval_crop_size=["33", "41"],
