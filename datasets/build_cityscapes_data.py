@@ -49,7 +49,7 @@ def read_train_ids(label_path: str) -> np.ndarray:
   from cityscapesscripts.preparation.json2labelImg import createLabelImage  # pylint: disable=g-import-not-at-top
   try:
     annotation = Annotation()
-    annotation.fromJsonText(read_text(polygons))  # fromJsonFile would open() a local file only.
+    annotation.fromJsonText(read_text(polygons))  # fromJsonFile reads local files only.
     return np.asarray(createLabelImage(annotation, "trainIds"))
   except (SystemExit, Exception) as e:  # cityscapesscripts exits on an unknown label name.
     raise InputError(f"Cannot make train ids from {polygons}: {e!r}. Check the file is a Cityscapes "
