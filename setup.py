@@ -7,6 +7,7 @@ setup(
     description="DeepLabv3 / DeepLabv3+ semantic segmentation for TensorFlow 2 and Keras 3, "
     "faithful to research/deeplab and able to load its model-zoo checkpoints.",
     packages=find_packages(include=["deeplab_tf", "deeplab_tf.*", "datasets", "datasets.*"]),
+    package_data={"deeplab_tf.model": ["*.json"]},  # the Dense Prediction Cell configs
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.21,<2.22",

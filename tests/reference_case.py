@@ -13,6 +13,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from deeplab_tf.model.dense_prediction_cell import load_dense_prediction_cell_config
+
 REFERENCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata", "reference")
 VARS_DIR = os.path.join(REFERENCE_DIR, "vars")
 XCEPTION_65_CASE_DIR = os.path.join(REFERENCE_DIR, "xception_65_os16_129")
@@ -31,6 +33,11 @@ VARIANT_CASES = {
     "resnet_v1_50_beta": (dict(model_variant="resnet_v1_50_beta", **_RESNET_PLUS), 40_533_653),
     "resnet_v1_101_beta": (dict(model_variant="resnet_v1_101_beta", **_RESNET_PLUS), 59_578_005),
     "mobilenet_v2": (dict(model_variant="mobilenet_v2"), 2_146_645),
+    # The model zoo's xception71_dpc_cityscapes: the Dense Prediction Cell instead of ASPP.
+    "xception_71_dpc_cityscapes19": (dict(
+        model_variant="xception_71", num_classes=19, decoder_output_stride=4,
+        dense_prediction_cell_config=load_dense_prediction_cell_config(
+            "dense_prediction_cell_branch5_top1_cityscapes.json")), 41_818_955),
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from deeplab_tf.model.dense_prediction_cell import load_dense_prediction_cell_config
 from deeplab_tf.options import ModelOptions
 
 FLAGS = flags.FLAGS
@@ -30,6 +31,9 @@ flags.DEFINE_integer("divisible_by", None, "MobileNetV2 channel rounding (defaul
 flags.DEFINE_list("image_pooling_crop_size", None, "height,width of the crop image pooling averages "
                   "over; unset pools globally.")
 flags.DEFINE_list("image_pooling_stride", ["1", "1"], "Stride of that pooling window.")
+flags.DEFINE_string("dense_prediction_cell_json", "", "A Dense Prediction Cell JSON file replacing ASPP, or "
+                    "the name of a packaged one (dense_prediction_cell_branch5_top1_cityscapes.json, the "
+                    "model zoo's xception71_dpc_cityscapes); empty builds ASPP.")
 flags.DEFINE_integer("logits_kernel_size", 1, "Kernel size of the logits convolution.")
 flags.DEFINE_boolean("prediction_with_upsampled_logits", True, "Upsample logits to the input size.")
 
@@ -74,5 +78,7 @@ def model_options_from_flags() -> ModelOptions:
       divisible_by=FLAGS.divisible_by,
       image_pooling_crop_size=_ints(FLAGS.image_pooling_crop_size, "image_pooling_crop_size"),
       image_pooling_stride=_ints(FLAGS.image_pooling_stride, "image_pooling_stride"),
+      dense_prediction_cell_config=(load_dense_prediction_cell_config(FLAGS.dense_prediction_cell_json)
+                                    if FLAGS.dense_prediction_cell_json else None),
       logits_kernel_size=FLAGS.logits_kernel_size,
       prediction_with_upsampled_logits=FLAGS.prediction_with_upsampled_logits)
