@@ -22,6 +22,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest"],
+        # DeepLabv2's dense CRF (deeplab_tf.evaluation.crf); builds from source, needs a C++ compiler.
+        "crf": ["pydensecrf2>=1.1,<2"],
         "and-cuda": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
     entry_points={

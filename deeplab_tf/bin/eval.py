@@ -8,7 +8,8 @@
 Prints the mIoU and per-class IoU and writes them to `<eval_logdir>/eval_<checkpoint>.json`
 (atomically), plus TensorBoard scalars `miou` and `class_iou/<name>` at the checkpoint's step.
 With --checkpoint_dir and --max_number_of_evaluations other than 1, every new checkpoint is evaluated
-(0 = forever, as the original).
+(0 = forever, as the original). --crf_iterations=10 refines every prediction with DeepLabv2's dense CRF
+(--crf_pos_w, --crf_pos_xy_std, --crf_bi_w, --crf_bi_xy_std, --crf_bi_rgb_std; needs deeplab_tf[crf]).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ flags.DEFINE_integer("eval_interval_secs", 300, "Seconds between checks for a ne
 flags.DEFINE_integer("eval_timeout_secs", None, "Stop waiting for a new checkpoint after this long.")
 
 
-def evaluate_checkpoint(checkpoint: str, descriptor, eval_options) -> dict:
+def evaluate_checkpoint(checkpoint: str, descriptor, eval_options, crf_options=None) -> dict:
   """Evaluates one checkpoint, writes its JSON and summaries, returns the JSON's content."""
   model, model_options = eval_common.load_model_from_flags(checkpoint)
   if model_options.num_classes != descriptor.num_classes:
@@ -58,10 +59,12 @@ def evaluate_checkpoint(checkpoint: str, descriptor, eval_options) -> dict:
   batches = tqdm(dataset, total=math.ceil(size / FLAGS.eval_batch_size) if size else None,
                  desc=f"eval {os.path.basename(checkpoint)}", unit="batch")
   metrics = evaluate_dataset(model, batches, eval_options, num_classes=descriptor.num_classes,
-                             ignore_label=descriptor.ignore_label, class_names=descriptor.class_names)
+                             ignore_label=descriptor.ignore_label, class_names=descriptor.class_names,
+                             crf_options=crf_options)
   step = eval_common.checkpoint_step(checkpoint)
   result = {"checkpoint": checkpoint, "step": step, "dataset": descriptor.name, "eval_split": FLAGS.eval_split,
-            "eval_options": eval_options.to_dict(), **metrics.to_dict()}
+            "eval_options": eval_options.to_dict(),
+            "crf_options": crf_options.to_dict() if crf_options else None, **metrics.to_dict()}
   print(f"{os.path.basename(checkpoint)} {FLAGS.eval_split}: mIoU {100 * metrics.miou:.2f}% "
         f"pixel accuracy {100 * metrics.pixel_accuracy:.2f}% ({metrics.num_pixels} pixels)")
   for name, iou in result["per_class_iou"].items():
@@ -87,16 +90,17 @@ def main(argv):
   descriptor = get_descriptor(FLAGS.dataset)
   eval_options = eval_common.eval_options_from_flags(
       eval_common.parse_crop_size(FLAGS.eval_crop_size, "eval_crop_size"))
+  crf_options = eval_common.crf_options_from_flags()
   checkpoint = eval_common.checkpoint_from_flags()
   if FLAGS.checkpoint_path or FLAGS.max_number_of_evaluations == 1:
     if not checkpoint.endswith(".keras"):
       checkpoint = resolve_checkpoint(checkpoint)  # a log directory's latest ckpt-N
-    evaluate_checkpoint(checkpoint, descriptor, eval_options)
+    evaluate_checkpoint(checkpoint, descriptor, eval_options, crf_options)
     return
   done = 0
   for prefix in tf.train.checkpoints_iterator(FLAGS.checkpoint_dir, min_interval_secs=FLAGS.eval_interval_secs,
                                               timeout=FLAGS.eval_timeout_secs):
-    evaluate_checkpoint(prefix, descriptor, eval_options)
+    evaluate_checkpoint(prefix, descriptor, eval_options, crf_options)
     done += 1
     if 0 < FLAGS.max_number_of_evaluations <= done:
       break

@@ -13,6 +13,7 @@ import tensorflow as tf
 from absl import flags
 
 from deeplab_tf.bin import model_flags  # noqa: F401  (defines --checkpoint_path)
+from deeplab_tf.evaluation.crf import CrfOptions
 from deeplab_tf.options import EvalOptions
 
 FLAGS = flags.FLAGS
@@ -28,6 +29,15 @@ flags.DEFINE_multi_float("eval_scales", [1.0], "Scales whose softmax probabiliti
 flags.DEFINE_boolean("add_flipped_images", False, "Also average over left-right flipped images.")
 flags.DEFINE_boolean("sliding_window", False, "Predict images larger than the eval crop window by window.")
 flags.DEFINE_float("sliding_window_overlap", 1.0 / 3.0, "Minimum overlap fraction of sliding windows.")
+# DeepLabv2's dense CRF post-processing (deeplab_tf.evaluation.crf; needs deeplab_tf[crf]).
+flags.DEFINE_integer("crf_iterations", 0, "Mean-field iterations of DeepLabv2's dense CRF on each "
+                     "prediction; 0 (default) turns the CRF off, DeepLabv2 uses 10.")
+flags.DEFINE_float("crf_pos_w", CrfOptions.pos_w, "CRF smoothness kernel weight (w2).")
+flags.DEFINE_float("crf_pos_xy_std", CrfOptions.pos_xy_std, "CRF smoothness kernel width in pixels.")
+flags.DEFINE_float("crf_bi_w", CrfOptions.bi_w, "CRF appearance kernel weight (w1).")
+flags.DEFINE_float("crf_bi_xy_std", CrfOptions.bi_xy_std, "CRF appearance kernel width in pixels.")
+flags.DEFINE_float("crf_bi_rgb_std", CrfOptions.bi_rgb_std, "CRF appearance kernel colour width "
+                   "(0-255 units).")
 
 
 def parse_crop_size(values: Optional[Sequence[str]], flag_name: str) -> Optional[Tuple[int, int]]:
@@ -52,6 +62,15 @@ def eval_options_from_flags(crop_size: Optional[Tuple[int, int]]) -> EvalOptions
   return EvalOptions(eval_crop_size=crop_size, eval_scales=tuple(FLAGS.eval_scales),
                      add_flipped_images=FLAGS.add_flipped_images, sliding_window=FLAGS.sliding_window,
                      sliding_window_overlap=FLAGS.sliding_window_overlap)
+
+
+def crf_options_from_flags() -> Optional[CrfOptions]:
+  """The dense CRF's options from the --crf_* flags, or None when --crf_iterations is 0."""
+  if FLAGS.crf_iterations == 0:
+    return None
+  return CrfOptions(iterations=FLAGS.crf_iterations, pos_w=FLAGS.crf_pos_w,
+                    pos_xy_std=FLAGS.crf_pos_xy_std, bi_w=FLAGS.crf_bi_w,
+                    bi_xy_std=FLAGS.crf_bi_xy_std, bi_rgb_std=FLAGS.crf_bi_rgb_std)
 
 
 def checkpoint_from_flags() -> str:

@@ -8,6 +8,7 @@ Into `<vis_logdir>/segmentation_results/`, for the i-th image as the original: `
 ours: `{i:06d}_overlay.png` (image blended with the prediction) and `{i:06d}_panel.png`
 (image | ground truth | prediction). With --also_save_raw_predictions, `<vis_logdir>/
 raw_segmentation_results/<image name>.png` holds the class ids as a greyscale PNG, like the original.
+--crf_iterations=10 (and the other --crf_* flags, as eval) refines the predictions with DeepLabv2's dense CRF.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from deeplab_tf import visualization
 from deeplab_tf.bin import eval_common
 from deeplab_tf.data.descriptors import get_descriptor
 from deeplab_tf.data.pipeline import build_dataset
-from deeplab_tf.evaluation.inference import model_mean_pixel, predict_labels
+from deeplab_tf.evaluation.crf import dense_crf_labels
+from deeplab_tf.evaluation.inference import model_mean_pixel, predict_labels, predict_probabilities
 
 FLAGS = flags.FLAGS
 
@@ -43,6 +45,7 @@ def main(argv):
   colormap = FLAGS.colormap_type or descriptor.colormap
   eval_options = eval_common.eval_options_from_flags(
       eval_common.parse_crop_size(FLAGS.vis_crop_size, "vis_crop_size"))
+  crf_options = eval_common.crf_options_from_flags()
   model, _ = eval_common.load_model_from_flags(eval_common.checkpoint_from_flags())
   windowed = eval_options.sliding_window
   dataset = build_dataset(
@@ -59,7 +62,11 @@ def main(argv):
     height, width = int(batch["height"][0]), int(batch["width"][0])
     image = batch["image"][0, :height, :width].numpy()
     label = batch["label"][0, :height, :width, 0].numpy()
-    prediction = predict_labels(model, batch["image"], eval_options)[0, :height, :width].numpy()
+    if crf_options is None:
+      prediction = predict_labels(model, batch["image"], eval_options)[0, :height, :width].numpy()
+    else:
+      probabilities = predict_probabilities(model, batch["image"], eval_options)[0, :height, :width]
+      prediction = dense_crf_labels(image[None], probabilities[None], crf_options)[0]
     visualization.save_image_png(image, os.path.join(results_dir, f"{i:06d}_image.png"))
     visualization.save_label_png(prediction, os.path.join(results_dir, f"{i:06d}_prediction.png"), colormap)
     visualization.save_image_png(

@@ -121,3 +121,30 @@ def test_eval_and_vis_on_the_ram_filesystem(setup, tmp_path, monkeypatch):
   np.testing.assert_array_equal(
       visualization.read_label_png(ram + "/vis/raw_segmentation_results/second.png"), expected.numpy())
   assert os.listdir(tmp_path) == []
+
+
+def test_eval_and_vis_binaries_apply_the_dense_crf(setup):
+  pytest.importorskip("pydensecrf.densecrf", reason="the optional extra deeplab_tf[crf] (pydensecrf2)")
+  from deeplab_tf.evaluation import crf
+  root, model, examples = setup
+  options = crf.CrfOptions(iterations=5, bi_xy_std=20.0)
+  expected = ConfusionMatrix(3, 255)
+  predictions = []
+  for _, image, label in examples:
+    probabilities = inference.predict_probabilities(model, image[None], EvalOptions(eval_crop_size=CROP))
+    predictions.append(crf.dense_crf_labels(image[None], probabilities, options)[0])
+    expected.update(label, predictions[-1][None])
+  crf_flags = dict(crf_iterations=5, crf_bi_xy_std=20.0, dataset=str(root / "tiny.json"),
+                   dataset_dir=str(root), checkpoint_dir=str(root / "train"))
+  with flagsaver.flagsaver(eval_logdir=str(root / "eval_crf"), eval_split="val",
+                           eval_crop_size=["33", "41"], max_number_of_evaluations=1, **crf_flags):
+    eval_bin.main([])
+  result = json.loads((root / "eval_crf" / "eval_ckpt-1.json").read_text())
+  assert result["crf_options"] == options.to_dict()
+  np.testing.assert_array_equal(result["confusion_matrix"], expected.matrix)
+  with flagsaver.flagsaver(vis_logdir=str(root / "vis_crf"), vis_split="val", vis_crop_size=["33", "41"],
+                           **crf_flags):
+    vis_bin.main([])
+  for i, prediction in enumerate(predictions):
+    np.testing.assert_array_equal(visualization.read_label_png(
+        str(root / "vis_crf" / "segmentation_results" / f"{i:06d}_prediction.png")), prediction)
