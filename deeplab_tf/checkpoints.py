@@ -3,7 +3,8 @@
 One rule maps every model weight to its checkpoint name, no table: the Keras layer name with `.` read
 as `/` (`layers.layer_name_to_scope`, the inverse of how the layers were named after the original's
 variable scopes) plus slim's variable name for the weight: `kernel` -> `weights` (`depthwise_weights`
-for a depthwise conv), `bias` -> `biases`, BatchNorm's `gamma`, `beta`, `moving_mean`,
+for a depthwise conv; a separable conv's `depthwise_kernel`, `pointwise_kernel` -> `depthwise_weights`,
+`pointwise_weights`), `bias` -> `biases`, BatchNorm's `gamma`, `beta`, `moving_mean`,
 `moving_variance` unchanged. E.g. Keras `xception_65.entry_flow.conv1_1.BatchNorm` / `moving_mean` is
 `xception_65/entry_flow/conv1_1/BatchNorm/moving_mean`.
 
@@ -39,6 +40,9 @@ _WEIGHT_NAMES = {
     "beta": "beta",
     "moving_mean": "moving_mean",
     "moving_variance": "moving_variance",
+    # A slim separable_conv2d with num_outputs (the NAS cells): one layer, both kernels.
+    "depthwise_kernel": "depthwise_weights",
+    "pointwise_kernel": "pointwise_weights",
 }
 
 # research/deeplab `model.get_extra_layer_scopes`: the scopes that `initialize_last_layer=False`

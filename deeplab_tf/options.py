@@ -108,6 +108,9 @@ class ModelOptions(_JsonOptions):
   image_pooling_crop_size: Optional[Tuple[int, int]] = None
   image_pooling_stride: Tuple[int, int] = (1, 1)
   dense_prediction_cell_config: Optional[Tuple[dict, ...]] = None
+  nas_stem_output_num_conv_filters: int = 20
+  nas_use_classification_head: bool = False
+  nas_remove_os32_stride: bool = False
   logits_kernel_size: int = 1
   prediction_with_upsampled_logits: bool = True
 

@@ -38,6 +38,15 @@ VARIANT_CASES = {
         model_variant="xception_71", num_classes=19, decoder_output_stride=4,
         dense_prediction_cell_config=load_dense_prediction_cell_config(
             "dense_prediction_cell_branch5_top1_cityscapes.json")), 41_818_955),
+    # The NAS encoders, lists written by testdata/reference/make_nas_vars.py from the original's code.
+    "nas_pnasnet": (dict(model_variant="nas_pnasnet", **_PLUS), 2_602_069),
+    "nas_hnasnet": (dict(model_variant="nas_hnasnet", output_stride=8, **_PLUS), 7_823_205),
+    "nas_hnasnet_classification_head": (dict(
+        model_variant="nas_hnasnet", atrous_rates=(6, 12, 18), nas_use_classification_head=True),
+        17_854_717),
+    "nas_pnasnet_os32_no_stride_classification_head": (dict(
+        model_variant="nas_pnasnet", output_stride=32, atrous_rates=(6, 12, 18),
+        nas_use_classification_head=True, nas_remove_os32_stride=True), 7_859_509),
 }
 
 
