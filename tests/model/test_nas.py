@@ -53,3 +53,15 @@ def test_upsampling_doubles_minus_one():
   np.testing.assert_allclose(up[:, ::2, ::2], x, atol=1e-6)  # align_corners keeps the grid points
   np.testing.assert_allclose(up[0, 1, 0], (x[0, 0, 0] + x[0, 1, 0]) / 2, atol=1e-6)
   assert nas.ScaleResize(0.5)(up).shape == (1, 3, 4, 2)
+
+
+@pytest.mark.parametrize("size", [9, 10])
+def test_strided_separable_conv_is_the_stride_1_conv_subsampled(size):
+  # core/xception.py separable_conv2d_same, which the NAS cells use: with fixed padding a stride-2
+  # separable conv samples the stride-1 'SAME' conv at every other pixel, for odd and even sizes.
+  inputs = keras.Input((size, size, 4))
+  strided = keras.Model(inputs, nas._separable(inputs, 6, 5, 2, "s2"))
+  dense = keras.Model(inputs, nas._separable(inputs, 6, 5, 1, "s1"))
+  dense.set_weights(strided.get_weights())
+  x = np.random.default_rng(0).standard_normal((1, size, size, 4)).astype(np.float32)
+  np.testing.assert_allclose(strided(x).numpy(), dense(x).numpy()[:, ::2, ::2], atol=1e-5)
