@@ -26,6 +26,19 @@ def _as_tuple(value):
   return value
 
 
+class _FrozenDict(dict):
+  """A hashable, read-only dict (a dense prediction cell branch), so that options stay hashable; JSON
+  writes it as a plain object."""
+
+  def __hash__(self):
+    return hash(tuple(sorted(self.items())))
+
+  def _read_only(self, *args, **kwargs):
+    raise TypeError("options are frozen; use ModelOptions.replace() to change them.")
+
+  __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
+
+
 class _JsonOptions:
   """JSON round-trip shared by every options dataclass."""
 
@@ -120,7 +133,7 @@ class ModelOptions(_JsonOptions):
       object.__setattr__(self, name, _as_tuple(getattr(self, name)))
     if self.dense_prediction_cell_config is not None:
       object.__setattr__(self, "dense_prediction_cell_config", tuple(
-          {k: _as_tuple(v) for k, v in sorted(dict(branch).items())}
+          _FrozenDict((k, _as_tuple(v)) for k, v in sorted(dict(branch).items()))
           for branch in self.dense_prediction_cell_config))
       if not self.aspp_with_batch_norm:
         raise ValueError("dense_prediction_cell_config needs aspp_with_batch_norm=True (the original "

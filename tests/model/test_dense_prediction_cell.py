@@ -65,6 +65,11 @@ def test_options_round_trip_and_need_the_head():
   config = dpc.load_dense_prediction_cell_config(CITYSCAPES_JSON)
   options = deeplab_tf.ModelOptions(model_variant="xception_71", dense_prediction_cell_config=config)
   assert deeplab_tf.ModelOptions.from_json(options.to_json()) == options
+  assert hash(deeplab_tf.ModelOptions.from_json(options.to_json())) == hash(options)
+  assert json.loads(options.to_json())["dense_prediction_cell_config"][4] == {
+      "input": 0, "kernel": [3, 3], "op": "conv", "rate": [6, 21]}
+  with pytest.raises(TypeError, match="frozen"):
+    options.dense_prediction_cell_config[0]["op"] = "pyramid_pooling"
   with pytest.raises(ValueError, match="aspp_with_batch_norm"):
     deeplab_tf.ModelOptions(dense_prediction_cell_config=config, aspp_with_batch_norm=False)
 
