@@ -71,7 +71,7 @@ class ModelOptions(_JsonOptions):
     decoder_output_stride: output stride of the low-level feature the DeepLabv3+ decoder refines with
       (4 in the paper, section 3.1); None builds DeepLabv3 (no decoder).
     multi_grid: unit rates of the last block's three units (DeepLabv3, section 3.2.1), e.g. (1, 2, 4);
-      None means (1, 1, 1).
+      None means (1, 1, 1). Two rates for resnet_v1_18[_beta], whose block4 has two units.
     aspp_with_separable_conv: depthwise-separable ASPP 3x3 branches (DeepLabv3+, section 3.2).
     decoder_use_separable_conv: depthwise-separable decoder 3x3 convolutions.
     add_image_level_feature: the ASPP image-pooling branch (DeepLabv3, section 3.3).
@@ -125,8 +125,11 @@ class ModelOptions(_JsonOptions):
       raise ValueError(
           f"decoder_output_stride={self.decoder_output_stride}: expected a stride smaller than "
           f"output_stride={self.output_stride} (4 in DeepLabv3+), or None for no decoder.")
-    if self.multi_grid is not None and len(self.multi_grid) != 3:
-      raise ValueError(f"multi_grid={self.multi_grid}: expected three unit rates, e.g. (1, 2, 4).")
+    # Three unit rates in the last block; ResNet-18's block4 has two units (resnet_v1_beta.py).
+    grid_length = 2 if self.model_variant.startswith("resnet_v1_18") else 3
+    if self.multi_grid is not None and len(self.multi_grid) != grid_length:
+      raise ValueError(f"multi_grid={self.multi_grid}: expected {grid_length} unit rates for "
+                       f"{self.model_variant}, e.g. {(1, 2, 4)[:grid_length]}.")
     if self.image_pooling_crop_size is not None and len(self.image_pooling_crop_size) != 2:
       raise ValueError(
           f"image_pooling_crop_size={self.image_pooling_crop_size}: expected (height, width) in pixels.")

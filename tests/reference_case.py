@@ -16,6 +16,9 @@ import tensorflow as tf
 REFERENCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata", "reference")
 VARS_DIR = os.path.join(REFERENCE_DIR, "vars")
 XCEPTION_65_CASE_DIR = os.path.join(REFERENCE_DIR, "xception_65_os16_129")
+# Variable lists derived by reading the original's code (testdata/derived_vars/make_vars.py), for the
+# variants the reference graph run does not cover.
+DERIVED_VARS_DIR = os.path.join(os.path.dirname(REFERENCE_DIR), "derived_vars")
 
 _PLUS = dict(atrous_rates=(6, 12, 18), decoder_output_stride=4)
 _RESNET_PLUS = dict(_PLUS, aspp_with_separable_conv=False, decoder_use_separable_conv=False)
@@ -32,11 +35,20 @@ VARIANT_CASES = {
     "resnet_v1_101_beta": (dict(model_variant="resnet_v1_101_beta", **_RESNET_PLUS), 59_578_005),
     "mobilenet_v2": (dict(model_variant="mobilenet_v2"), 2_146_645),
 }
+# Issue 10 (lists in DERIVED_VARS_DIR; the parameter counts are those lists' sums, as no published figure
+# exists).
+VARIANT_CASES.update({
+    "resnet_v1_18": (dict(model_variant="resnet_v1_18", **_RESNET_PLUS), 16_621_973),
+    "resnet_v1_18_beta": (dict(model_variant="resnet_v1_18_beta", **_RESNET_PLUS), 16_603_781),
+})
 
 
 def load_vars(name):
-  """`[(checkpoint name, shape tuple)]` of `testdata/reference/vars/<name>.vars.json`."""
-  with open(os.path.join(VARS_DIR, name + ".vars.json")) as f:
+  """`[(checkpoint name, shape tuple)]` of `testdata/{reference/vars,derived_vars}/<name>.vars.json`."""
+  path = os.path.join(VARS_DIR, name + ".vars.json")
+  if not os.path.exists(path):
+    path = os.path.join(DERIVED_VARS_DIR, name + ".vars.json")
+  with open(path) as f:
     return [(n, tuple(int(d) for d in s)) for n, s in json.load(f)]
 
 
