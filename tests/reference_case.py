@@ -35,11 +35,26 @@ VARIANT_CASES = {
     "resnet_v1_101_beta": (dict(model_variant="resnet_v1_101_beta", **_RESNET_PLUS), 59_578_005),
     "mobilenet_v2": (dict(model_variant="mobilenet_v2"), 2_146_645),
 }
+# g3doc/model_zoo.md's flags of the MobileNetV3 Cityscapes checkpoints, but for their
+# image_pooling_crop_size=769,769 and image_pooling_stride=4,5 (no variables; a 25x25 pooling window
+# needs inputs of 769 pixels or more), so that the model runs on the small test inputs.
+_MNV3_CITYSCAPES = dict(
+    num_classes=19, output_stride=32, aspp_convs_filters=128, aspp_with_concat_projection=False, aspp_with_squeeze_and_excitation=True,
+    decoder_use_sum_merge=True, decoder_filters=19, decoder_output_is_logits=True,
+    image_se_uses_qsigmoid=True, decoder_output_stride=8)
 # Issue 10 (lists in DERIVED_VARS_DIR; the parameter counts are those lists' sums, as no published figure
 # exists).
 VARIANT_CASES.update({
     "resnet_v1_18": (dict(model_variant="resnet_v1_18", **_RESNET_PLUS), 16_621_973),
     "resnet_v1_18_beta": (dict(model_variant="resnet_v1_18_beta", **_RESNET_PLUS), 16_603_781),
+    "mobilenet_v3_large_seg": (dict(model_variant="mobilenet_v3_large_seg", **_MNV3_CITYSCAPES),
+                               1_525_230),
+    "mobilenet_v3_small_seg": (dict(model_variant="mobilenet_v3_small_seg", **_MNV3_CITYSCAPES),
+                               477_454),
+    # EdgeTPU-DeepLab(-slim): MobileNetV2's head (image pooling, 1x1 branch, projection).
+    "mobilenet_edgetpu": (dict(model_variant="mobilenet_edgetpu", num_classes=19), 3_643_699),
+    "mobilenet_edgetpu_slim": (dict(model_variant="mobilenet_edgetpu", num_classes=19,
+                                    depth_multiplier=0.75, aspp_convs_filters=128), 1_972_443),
 })
 
 

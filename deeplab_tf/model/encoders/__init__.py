@@ -4,9 +4,9 @@ Each entry says how to build the encoder on preprocessed images and which prepro
 (research/deeplab `core/feature_extractor.py`: `_PREPROCESS_FN`, `networks_map`, `name_scope`).
 A builder takes `(images, options)` with `images` `[batch, height, width, 3]` float in the encoder's
 input range and returns named endpoints, at least `"encoder_output"` (`[batch, ceil(h/os),
-ceil(w/os), c]`), `"low_level"` (the decoder's feature at output stride 4) and
-`"decoder_end_point/<s>"` for each stride s in 4, 8, 16 the original's decoder can read
-(`networks_to_feature_maps`).
+ceil(w/os), c]`) and, where the original's decoder can read them (`networks_to_feature_maps`; none for
+mobilenet_edgetpu), `"low_level"` (the decoder's feature at output stride 4) and
+`"decoder_end_point/<s>"` for each stride s in 4, 8, 16.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import dataclasses
 from typing import Callable, Dict
 
 from deeplab_tf.model import layers
-from deeplab_tf.model.encoders import mobilenet_v2, resnet, xception
+from deeplab_tf.model.encoders import mobilenet_v2, mobilenet_v3, resnet, xception
 from deeplab_tf.options import ModelOptions
 
 EncoderBuilder = Callable[[object, ModelOptions], Dict[str, object]]
@@ -48,11 +48,19 @@ def get_encoder(model_variant: str) -> EncoderSpec:
                      f"{sorted(ENCODERS)}.") from None
 
 
+def _build_xception(images, options: ModelOptions, model_variant: str):
+  if options.use_bounded_activation:
+    # research/deeplab core/xception.py clips and ReLU6-bounds Xception itself with this flag.
+    raise ValueError(f"use_bounded_activation=True with {model_variant}: the bounded Xception "
+                     "(clipped residual sums, ReLU6) is not built; it bounds the ASPP head and decoder "
+                     "of the other encoders only.")
+  return xception.build_xception(images, model_variant, options.output_stride, options.multi_grid)
+
+
 for _variant in xception.XCEPTION_VARIANTS:
   register_encoder(
       _variant,
-      lambda images, options, _v=_variant: xception.build_xception(
-          images, _v, options.output_stride, options.multi_grid),
+      lambda images, options, _v=_variant: _build_xception(images, options, _v),
       layers.ZERO_MEAN_UNIT_RANGE)
 
 for _variant in resnet.RESNET_VARIANTS:
@@ -68,3 +76,10 @@ register_encoder(
     lambda images, options: mobilenet_v2.build_mobilenet_v2(
         images, options.output_stride, options.depth_multiplier, options.divisible_by),
     layers.ZERO_MEAN_UNIT_RANGE)
+
+for _variant in mobilenet_v3.MOBILENET_V3_VARIANTS:
+  register_encoder(
+      _variant,
+      lambda images, options, _v=_variant: mobilenet_v3.build_mobilenet_v3(
+          images, _v, options.output_stride, options.depth_multiplier),
+      layers.ZERO_MEAN_UNIT_RANGE)

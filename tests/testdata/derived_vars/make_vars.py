@@ -256,8 +256,8 @@ def head(v, c, low, o):
       v.split_separable("decoder/decoder_conv0", c + projected, filters)
       v.split_separable("decoder/decoder_conv1", filters, filters)
     else:
-      v.conv("decoder/decoder_conv0/decoder_conv0_1", 3, c + projected, filters)
-      v.conv("decoder/decoder_conv0/decoder_conv0_2", 3, filters, filters)
+      v.conv("decoder/decoder_conv0/decoder_conv0_1", 3, c + projected, filters, bn=not is_logits)
+      v.conv("decoder/decoder_conv0/decoder_conv0_2", 3, filters, filters, bn=not is_logits)
     c = filters
     if is_logits:
       return
