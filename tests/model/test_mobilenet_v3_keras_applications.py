@@ -15,6 +15,7 @@ import pytest
 
 from deeplab_tf.model import activations
 from deeplab_tf.model.encoders import mobilenet_v3
+from test_mobilenet_v2_keras_applications import assign_same_random_weights
 
 
 def _keras_name(our_name):
@@ -37,18 +38,7 @@ def test_matches_keras_applications_mobilenet_v3(monkeypatch, spec, application,
   inputs = keras.Input((size, size, 3))
   ours = keras.Model(inputs, mobilenet_v3.build_mobilenet_v3(inputs, "classification", 32)["encoder_output"])
   rng = np.random.default_rng(size)
-  paired = 0
-  for layer in ours.layers:
-    if not layer.weights:
-      continue
-    twin = reference.get_layer(_keras_name(layer.name))
-    values = [rng.normal(0.0, 0.1, w.shape).astype(np.float32) for w in layer.weights]
-    if isinstance(layer, keras.layers.BatchNormalization):
-      values = [1.0 + values[0], values[1], values[2], 1.0 + np.abs(values[3])]
-    layer.set_weights(values)
-    twin.set_weights(values)
-    paired += 1
-  assert paired == len([l for l in reference.layers if l.weights])  # Every layer has its twin.
+  assign_same_random_weights(ours, reference, _keras_name, rng)
   images = rng.uniform(-1.0, 1.0, (2, size, size, 3)).astype(np.float32)
   expected = reference(images, training=False).numpy()
   got = ours(images, training=False).numpy()
