@@ -88,9 +88,9 @@ class ModelOptions(_JsonOptions):
     logits_kernel_size: kernel size of the final logits convolution (1 in every published model).
     prediction_with_upsampled_logits: upsample logits to the input size (True in the original); when
       False, the model returns logits at the decoder (or encoder) output stride.
-    use_bounded_activation: ReLU6 instead of ReLU in the ASPP head and decoder (the newest
-      research/deeplab common.py; for quantized inference). The original also bounds Xception's
-      activations with it, which is not built here (an Xception variant with it raises ValueError).
+    use_bounded_activation: ReLU6 instead of ReLU in the ASPP head and decoder, and the bounded
+      Xception (ReLU6, clipped features and residual sums, 'SAME' padding of its strided separable
+      convs: core/xception.py); the newest research/deeplab common.py, for quantized inference.
     aspp_with_concat_projection: project the concatenated ASPP branches (`concat_projection`, 1x1 conv
       + BN + ReLU, then dropout); False returns the concatenation itself (MobileNetV3 models).
     aspp_with_squeeze_and_excitation: the image-pooling branch becomes a gate instead of a branch:

@@ -34,8 +34,8 @@ flags.DEFINE_list("image_pooling_stride", ["1", "1"], "Stride of that pooling wi
 flags.DEFINE_integer("logits_kernel_size", 1, "Kernel size of the logits convolution.")
 flags.DEFINE_boolean("prediction_with_upsampled_logits", True, "Upsample logits to the input size.")
 # The newest common.py head flags (the MobileNetV3 model-zoo configurations use them).
-flags.DEFINE_boolean("use_bounded_activation", False, "ReLU6 instead of ReLU in the ASPP head and "
-                     "decoder (for quantized inference).")
+flags.DEFINE_boolean("use_bounded_activation", False, "Bounded activations for quantized inference: "
+                     "ReLU6 in the ASPP head and decoder; the bounded Xception (ReLU6, clipping).")
 flags.DEFINE_boolean("aspp_with_concat_projection", True, "ASPP with concat projection.")
 flags.DEFINE_boolean("aspp_with_squeeze_and_excitation", False, "ASPP with squeeze and excitation: the "
                      "image-pooling branch gates the ASPP output.")

@@ -7,6 +7,8 @@ to the bit where the kernels do):
 - `HardSigmoid`: `relu6(x + 3) * 0.16667`, the gating of MobileNetV3's squeeze-and-excite
   (`mobilenet_v3.squeeze_excite`'s `gating_fn`) and research/deeplab's `utils.q_sigmoid` (the ASPP
   image feature with `image_se_uses_qsigmoid`). 0.16667, not 1/6, as the original writes it.
+- `Clip`: `clip_by_value(x, -6, 6)`, bounded Xception's activation (research/deeplab core/xception.py
+  `_CLIP_CAP`, `use_bounded_activation`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,21 @@ class HardSigmoid(keras.layers.Layer):
 
   def call(self, x):
     return tf.nn.relu6(x + 3) * HARD_SIGMOID_SCALE
+
+
+@keras.saving.register_keras_serializable(package="deeplab_tf")
+class Clip(keras.layers.Layer):
+  """`clip_by_value(x, -cap, cap)` on any shape (cap 6: core/xception.py `_CLIP_CAP`)."""
+
+  def __init__(self, cap: float = 6.0, **kwargs):
+    super().__init__(**kwargs)
+    self.cap = cap
+
+  def call(self, x):
+    return tf.clip_by_value(x, -self.cap, self.cap)
+
+  def get_config(self):
+    return {**super().get_config(), "cap": self.cap}
 
 
 def activation_layer(kind: str, name: str) -> keras.layers.Layer:

@@ -13,6 +13,8 @@ from absl.testing import flagsaver
 import deeplab_tf
 from deeplab_tf.bin import model_flags
 from deeplab_tf.checkpoints import model_weights_by_checkpoint_name
+from deeplab_tf.model import activations
+from deeplab_tf.model.encoders import get_encoder
 
 # The MobileNetV3 model-zoo head (g3doc/model_zoo.md) on MobileNetV2, with global image pooling.
 _LR_ASPP = dict(aspp_convs_filters=128, aspp_with_concat_projection=False,
@@ -120,9 +122,6 @@ def test_head_flag_errors():
     deeplab_tf.ModelOptions(decoder_output_is_logits=True, decoder_output_stride=8)
   with pytest.raises(ValueError, match="aspp_convs_filters=0"):
     deeplab_tf.ModelOptions(aspp_convs_filters=0)
-  with pytest.raises(ValueError, match="use_bounded_activation"):
-    deeplab_tf.build_deeplab(deeplab_tf.ModelOptions(model_variant="xception_41",
-                                                     use_bounded_activation=True))
 
 
 def test_binaries_flags_reach_the_options():
@@ -137,3 +136,35 @@ def test_binaries_flags_reach_the_options():
     flags.FLAGS(["prog", "--use_bounded_activation"])
     assert model_flags.model_options_from_flags().use_bounded_activation
   assert options == deeplab_tf.ModelOptions.from_json(options.to_json())
+
+
+def test_bounded_xception():
+  # core/xception.py with use_bounded_activation: ReLU6, clipped BN outputs and residual terms, ReLU6
+  # after each sum, and 'SAME' (not fixed) padding of the strided separable convs; same variables.
+  def encoder(bounded):
+    inputs = keras.Input((None, None, 3))
+    endpoints = get_encoder("xception_41").build(inputs, deeplab_tf.ModelOptions(
+        model_variant="xception_41", use_bounded_activation=bounded))
+    return keras.Model(inputs, [endpoints["encoder_output"], endpoints["low_level"]])
+  bounded, plain = encoder(True), encoder(False)
+  assert _shapes(bounded) == _shapes(plain)
+  names = {layer.name: layer for layer in bounded.layers}
+  unit = "xception_41.entry_flow.block1.unit_1.xception_module"
+  assert names["xception_41.entry_flow.conv1_1.relu"].max_value == 6.0
+  assert names[unit + ".separable_conv3_depthwise"].padding == "same"
+  assert unit + ".separable_conv3_depthwise.pad" not in names
+  assert plain.get_layer(unit + ".separable_conv3_depthwise").padding == "valid"  # Fixed padding.
+  assert isinstance(names[unit + ".clip_shortcut"], activations.Clip)
+  assert all(l.max_value == 6.0 for l in bounded.layers if isinstance(l, keras.layers.ReLU))
+  # Every activation is bounded, whatever the weights: large random weights, large inputs.
+  rng = np.random.default_rng(0)
+  for weight in bounded.weights:
+    value = rng.normal(0.0, 1.0, weight.shape)
+    if "moving_variance" in weight.path:
+      value = 1.0 + np.abs(value)
+    weight.assign(value.astype(np.float32))
+  images = rng.uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
+  encoder_output, low_level = [t.numpy() for t in bounded(images * 100, training=False)]
+  assert encoder_output.shape == (1, 4, 4, 2048) and low_level.shape == (1, 16, 16, 256)
+  assert 0.0 <= encoder_output.min() and encoder_output.max() <= 6.0 and encoder_output.max() > 1.0
+  assert -6.0 <= low_level.min() < 0.0 < low_level.max() <= 6.0  # A clipped pointwise BN output.

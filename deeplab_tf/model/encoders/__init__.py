@@ -48,19 +48,11 @@ def get_encoder(model_variant: str) -> EncoderSpec:
                      f"{sorted(ENCODERS)}.") from None
 
 
-def _build_xception(images, options: ModelOptions, model_variant: str):
-  if options.use_bounded_activation:
-    # research/deeplab core/xception.py clips and ReLU6-bounds Xception itself with this flag.
-    raise ValueError(f"use_bounded_activation=True with {model_variant}: the bounded Xception "
-                     "(clipped residual sums, ReLU6) is not built; it bounds the ASPP head and decoder "
-                     "of the other encoders only.")
-  return xception.build_xception(images, model_variant, options.output_stride, options.multi_grid)
-
-
 for _variant in xception.XCEPTION_VARIANTS:
   register_encoder(
       _variant,
-      lambda images, options, _v=_variant: _build_xception(images, options, _v),
+      lambda images, options, _v=_variant: xception.build_xception(
+          images, _v, options.output_stride, options.multi_grid, options.use_bounded_activation),
       layers.ZERO_MEAN_UNIT_RANGE)
 
 for _variant in resnet.RESNET_VARIANTS:
