@@ -20,10 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZOO_DIR = os.path.join(ROOT, "experiments", "model_zoo")
 DOC = os.path.join(ROOT, "docs", "MODEL_ZOO.md")
 
-# flagfile -> variable list of the same architecture (testdata/reference/vars or derived_vars).
+# flagfile -> variable list of the same architecture (testdata/reference/vars or derived_vars); the
+# Xception-65 rows are the architectures of test_variants' xception_65 and xception_65_19classes.
 KNOWN_VARS = {
     "mobilenetv2_coco_voc_trainaug": "mobilenet_v2",
-    "xception65_coco_voc_trainaug": "xception_65",
     "mobilenetv3_large_cityscapes_trainfine": "mobilenet_v3_large_seg",
     "mobilenetv3_small_cityscapes_trainfine": "mobilenet_v3_small_seg",
     "edgetpu_deeplab": "mobilenet_edgetpu",

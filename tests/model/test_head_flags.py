@@ -23,6 +23,15 @@ _LR_ASPP = dict(aspp_convs_filters=128, aspp_with_concat_projection=False,
                 decoder_output_stride=8, num_classes=19, output_stride=32)
 
 
+def _randomize(model, rng, stddev):
+  """Normal(0, stddev) weights; BN moving variances 1 + |normal|."""
+  for weight in model.weights:
+    value = rng.normal(0.0, stddev, weight.shape)
+    if "moving_variance" in weight.path:
+      value = 1.0 + np.abs(value)
+    weight.assign(value.astype(np.float32))
+
+
 def _shapes(model):
   return {n: tuple(w.shape) for n, w in model_weights_by_checkpoint_name(model).items()}
 
@@ -44,11 +53,7 @@ def test_squeeze_excitation_head_and_logits_decoder_values():
 
   # Values: logits at stride 8 = conv0(resize(aspp0 * qsigmoid(image_pooling(mean)))) + projection.
   rng = np.random.default_rng(0)
-  for weight in model.weights:
-    value = rng.normal(0.0, 0.2, weight.shape)
-    if "moving_variance" in weight.path:
-      value = 1.0 + np.abs(value)
-    weight.assign(value.astype(np.float32))
+  _randomize(model, rng, 0.2)
   parts = keras.Model(model.input, [model.get_layer("MobilenetV2.expanded_conv_16.project.BatchNorm").output,
                                     model.get_layer("MobilenetV2.expanded_conv_5.depthwise.relu6").output,
                                     model.get_layer("decoder_logits").output])
@@ -158,11 +163,7 @@ def test_bounded_xception():
   assert all(l.max_value == 6.0 for l in bounded.layers if isinstance(l, keras.layers.ReLU))
   # Every activation is bounded, whatever the weights: large random weights, large inputs.
   rng = np.random.default_rng(0)
-  for weight in bounded.weights:
-    value = rng.normal(0.0, 1.0, weight.shape)
-    if "moving_variance" in weight.path:
-      value = 1.0 + np.abs(value)
-    weight.assign(value.astype(np.float32))
+  _randomize(bounded, rng, 1.0)
   images = rng.uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
   encoder_output, low_level = [t.numpy() for t in bounded(images * 100, training=False)]
   assert encoder_output.shape == (1, 4, 4, 2048) and low_level.shape == (1, 16, 16, 256)
