@@ -84,7 +84,8 @@ def low_resolution_logits_model(model):
     except ValueError:
       upsample = None
     if upsample is not None and len(model.outputs) == 1 and model.outputs[0] is upsample.output:
-      result = keras.Model(model.inputs, upsample.input[0], name=model.name + "_low_resolution")
+      inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+      result = keras.Model(inputs, upsample.input[0], name=model.name + "_low_resolution")
   try:
     _LOW_RESOLUTION_MODELS[model] = result
   except TypeError:
