@@ -51,9 +51,10 @@ from deeplab_tf.options import EvalOptions
 
 # The name build_deeplab gives the layer resizing the logits to the input size.
 UPSAMPLE_LAYER_NAME = "upsample_logits"
-_LOW_RESOLUTION_MODELS = weakref.WeakKeyDictionary()
-# network -> {"stride": logits output stride, scale: network with its image-pooling window scaled}.
+# model -> {"low_resolution": its network without upsample_logits, "stride": the logits' output
+# stride, scale: the network with its image-pooling window scaled}.
 _NETWORK_CACHE = weakref.WeakKeyDictionary()
+_SELF = object()
 # The largest output stride of the original's networks; probes are a multiple of it plus one pixel.
 _MAX_OUTPUT_STRIDE = 32
 
@@ -66,6 +67,19 @@ def model_mean_pixel(model) -> tuple:
   return model_layers.MEAN_PIXEL[model_layers.ZERO_MEAN_UNIT_RANGE]
 
 
+def _cached(network, key, build):
+  """`build()`, computed once per (network, key) while `network` lives."""
+  try:
+    cache = _NETWORK_CACHE.setdefault(network, {})
+  except TypeError:  # not weak-referenceable: no caching
+    return build()
+  if key not in cache:
+    value = build()
+    # The network itself is stored as a marker: a strong reference would keep it alive for ever.
+    cache[key] = _SELF if value is network else value
+  return network if cache[key] is _SELF else cache[key]
+
+
 def low_resolution_logits_model(model):
   """`model` without its final `upsample_logits` layer (the same weights), or `model` itself.
 
@@ -73,24 +87,17 @@ def low_resolution_logits_model(model):
   `predict_labels_multi_scale`); resizing our model's already upsampled logits instead would
   interpolate from the wrong grid at scales other than 1.
   """
-  try:
-    return _LOW_RESOLUTION_MODELS[model]
-  except (KeyError, TypeError):
-    pass
-  result = model
-  if isinstance(model, keras.Model) and getattr(model, "outputs", None):  # functional models only
-    try:
-      upsample = model.get_layer(UPSAMPLE_LAYER_NAME)
-    except ValueError:
-      upsample = None
-    if upsample is not None and len(model.outputs) == 1 and model.outputs[0] is upsample.output:
-      inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-      result = keras.Model(inputs, upsample.input[0], name=model.name + "_low_resolution")
-  try:
-    _LOW_RESOLUTION_MODELS[model] = result
-  except TypeError:
-    pass
-  return result
+  def build():
+    if isinstance(model, keras.Model) and getattr(model, "outputs", None):  # functional models only
+      try:
+        upsample = model.get_layer(UPSAMPLE_LAYER_NAME)
+      except ValueError:
+        upsample = None
+      if upsample is not None and len(model.outputs) == 1 and model.outputs[0] is upsample.output:
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        return keras.Model(inputs, upsample.input[0], name=model.name + "_low_resolution")
+    return model
+  return _cached(model, "low_resolution", build)
 
 
 def window_offsets(size: int, window: int, overlap: float) -> List[int]:
@@ -137,16 +144,6 @@ def _model_input(model, images):
   if dtype == tf.uint8:
     return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8)
   return tf.cast(images, dtype)
-
-
-def _cached(network, key, build):
-  try:
-    cache = _NETWORK_CACHE.setdefault(network, {})
-  except TypeError:  # not weak-referenceable: no caching
-    return build()
-  if key not in cache:
-    cache[key] = build()
-  return cache[key]
 
 
 def _image_pooling_layer(network) -> Optional[ImagePooling]:

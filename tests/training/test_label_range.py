@@ -12,15 +12,7 @@ from deeplab_tf.bin import train as train_bin
 from deeplab_tf.data import writer
 
 
-@pytest.fixture
-def parse_flags():
-  def parse(*args):
-    flags.FLAGS(["deeplab_train", *args])
-  yield parse
-  flags.FLAGS.unparse_flags()
-
-
-def test_label_5_with_3_classes_names_the_split_flag_and_value(tmp_path, parse_flags):
+def test_label_5_with_3_classes_names_the_split_flag_and_value(tmp_path):
   rng = np.random.default_rng(0)
   records = []
   for i in range(2):
@@ -30,12 +22,15 @@ def test_label_5_with_3_classes_names_the_split_flag_and_value(tmp_path, parse_f
                                        image_path="x", label_path="y").serialized)
   writer.write_split(records, output_dir=str(tmp_path / "data"), split="train", num_examples=2,
                      num_shards=1)
-  parse_flags(f"--dataset_dir={tmp_path / 'data'}", f"--train_logdir={tmp_path / 'log'}",
-              "--dataset=pascal_voc_seg", "--num_classes=3", "--train_split=train",
-              "--model_variant=mobilenet_v2", "--train_crop_size=33,33", "--train_batch_size=2",
-              "--training_number_of_steps=2", "--seed=1")
-  with pytest.raises(tf.errors.InvalidArgumentError) as error:
-    train_bin.main([])
+  flags.FLAGS(["deeplab_train", f"--dataset_dir={tmp_path / 'data'}", f"--train_logdir={tmp_path / 'log'}",
+               "--dataset=pascal_voc_seg", "--num_classes=3", "--train_split=train",
+               "--model_variant=mobilenet_v2", "--train_crop_size=33,33", "--train_batch_size=2",
+               "--training_number_of_steps=2", "--seed=1"])
+  try:
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+      train_bin.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
   message = str(error.value)
   assert "Labels of the train split (shards " in message, message
   assert "num_classes=3 (flag --num_classes)" in message and "ignore_label=255" in message, message
