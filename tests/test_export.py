@@ -13,7 +13,6 @@ from PIL import Image
 import reference_case as rc
 import tie_aware
 from deeplab_tf import EvalOptions, ModelOptions, build_deeplab
-from deeplab_tf.checkpoints import model_weights_by_checkpoint_name
 from deeplab_tf.evaluation import inference
 from deeplab_tf.export import export_saved_model, read_exported_model_options
 
@@ -46,9 +45,7 @@ def _encode(pixels, fmt):
 def _model_with_varied_labels(images):
   """A model whose labels vary over `images`: the reference recipe's weights (a fresh model predicts
   0.25 for every class everywhere), with the logits' bias centring the classes' mean logits on them."""
-  model = build_deeplab(OPTIONS)
-  for name, weight in model_weights_by_checkpoint_name(model).items():
-    weight.assign(rc.det_value(name, weight.shape))
+  model = rc.assign_reference_weights(build_deeplab(OPTIONS))
   network = inference.low_resolution_logits_model(model)
   mean = np.mean([network(image[None].astype(np.float32)).numpy().mean(axis=(0, 1, 2)) for image in images],
                  axis=0)

@@ -85,9 +85,12 @@ def low_resolution_logits_model(model):
 
   The original resizes the logits at output stride (`multi_scale_logits`, then
   `predict_labels_multi_scale`); resizing our model's already upsampled logits instead would
-  interpolate from the wrong grid at scales other than 1.
+  interpolate from the wrong grid at scales other than 1. A functional model with a uint8 input gets a
+  float32 input instead (same layers): the original resizes and pads float images, which rounding
+  them back to uint8 would change.
   """
   def build():
+    network = model
     if isinstance(model, keras.Model) and getattr(model, "outputs", None):  # functional models only
       try:
         upsample = model.get_layer(UPSAMPLE_LAYER_NAME)
@@ -95,8 +98,11 @@ def low_resolution_logits_model(model):
         upsample = None
       if upsample is not None and len(model.outputs) == 1 and model.outputs[0] is upsample.output:
         inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-        return keras.Model(inputs, upsample.input[0], name=model.name + "_low_resolution")
-    return model
+        network = keras.Model(inputs, upsample.input[0], name=model.name + "_low_resolution")
+      if len(network.inputs) == 1 and not tf.as_dtype(network.inputs[0].dtype).is_floating:
+        float_input = keras.Input(network.inputs[0].shape[1:], dtype="float32", name=network.inputs[0].name)
+        network = keras.models.clone_model(network, input_tensors=float_input, clone_function=lambda l: l)
+    return network
   return _cached(model, "low_resolution", build)
 
 
@@ -208,13 +214,13 @@ def network_at_scale(network, scale: float):
   return _cached(network, float(scale), build)
 
 
-def _scale_logits(model, network, images, scale: float, stride: int):
+def _scale_logits(network, images, scale: float, stride: int):
   """research/deeplab `multi_scale_logits(images, image_pyramid=[scale])`: float32 logits at
   `scale_dimension(size, max(1, scale) / stride)` pixels for `[b, h, w, 3]` float32 images."""
   size = tf.shape(images)[1:3]
   if scale != 1.0:
     images = resize_bilinear_align_corners(images, scale_dimension(size, scale))
-  logits = network_at_scale(network, scale)(_model_input(model, images), training=False)
+  logits = network_at_scale(network, scale)(_model_input(network, images), training=False)
   return resize_bilinear_align_corners(tf.cast(logits, tf.float32),
                                        scale_dimension(size, max(1.0, scale) / stride))
 
@@ -228,7 +234,7 @@ def _multi_scale_probabilities(model, images, scales: Sequence[float], add_flipp
   count = 0
   for scale in scales:
     batch = tf.concat([images, tf.reverse(images, [2])], axis=0) if add_flipped_images else images
-    logits = _scale_logits(model, network, batch, scale, stride)
+    logits = _scale_logits(network, batch, scale, stride)
     if add_flipped_images:
       plain, flipped = tf.split(logits, 2, axis=0)
       logits = tf.concat([plain, tf.reverse(flipped, [2])], axis=0)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import reference_case as rc
 from deeplab_tf import EvalOptions, ModelOptions, build_deeplab
 from deeplab_tf.evaluation import inference
 from deeplab_tf.image_ops import resize_bilinear_align_corners, scale_dimension
@@ -189,3 +190,19 @@ def test_real_deeplab_matches_its_own_logits():
   both = inference.predict_probabilities(model, x, EvalOptions(add_flipped_images=True))
   np.testing.assert_allclose(both.numpy(), ((softmax + flipped) / 2).numpy(), atol=1e-5)
   assert inference.model_mean_pixel(model) == (127.5, 127.5, 127.5)
+
+
+def test_a_uint8_model_resizes_and_pads_float_images_as_the_original():
+  # The original casts images to float before scaling and padding; a uint8-input model must not round
+  # the resized pixels or the 127.5 padding back to integers.
+  options = ModelOptions(model_variant="mobilenet_v2", num_classes=3, output_stride=16)
+  float_model = rc.assign_reference_weights(build_deeplab(options))
+  uint8_model = build_deeplab(options, input_dtype="uint8")
+  uint8_model.set_weights(float_model.get_weights())
+  image = np.random.RandomState(2).randint(0, 256, (1, 33, 35, 3)).astype(np.uint8)
+  eval_options = EvalOptions(eval_scales=(0.75, 1.0), eval_crop_size=(37, 41))
+  expected = inference.predict_probabilities(float_model, image, eval_options).numpy()
+  ours = inference.predict_probabilities(uint8_model, image, eval_options).numpy()
+  assert expected.max() - expected.min() > 0.5  # the weights make the probabilities vary
+  np.testing.assert_allclose(ours, expected, atol=1e-6)
+  assert inference.low_resolution_logits_model(uint8_model).inputs[0].dtype == "float32"
