@@ -7,11 +7,11 @@ a multi-worker run each input pipeline reads its own part of the data (`tf.distr
 
 from __future__ import annotations
 
-import os
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
+from deeplab_tf import io_utils
 from deeplab_tf.data import features, preprocess
 
 # research/deeplab data_generator: `dataset.shuffle(buffer_size=100)`, `num_parallel_reads`.
@@ -115,7 +115,7 @@ def _source_description(file_pattern, tfds_name, tfds_split) -> str:
   if tfds_name is not None:
     return f"the {tfds_split} split of tensorflow-datasets {tfds_name}"
   patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
-  split = os.path.basename(patterns[0]).split("-")[0] if patterns else ""
+  split = io_utils.basename(patterns[0]).split("-")[0] if patterns else ""
   return f"the {split} split (shards {', '.join(patterns)})"
 
 
