@@ -1,7 +1,9 @@
 """Multi-scale + flip averaging, eval padding and sliding windows against hand-computed probabilities.
 
 The models here have logits we control, so the expected probabilities are written down by hand:
-class 0 always has logit 0, class 1 a logit computed from the red channel, so p1 = sigmoid(logit).
+class 0 always has logit 0, class 1 a logit computed from the red channel (or, at output stride 2, a
+fixed pattern), so p1 = sigmoid(logit). Real DeepLab models check the image-pooling window per scale,
+uint8 inputs, and agreement with the model's own logits.
 """
 import math
 
