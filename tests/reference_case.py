@@ -104,6 +104,15 @@ def det_value(name, shape, gain=2.0):
   return np.asarray(value, dtype=np.float32)
 
 
+def assign_reference_weights(model):
+  """Gives every weight of our `model` its `det_value` by checkpoint name (varied, non-trivial outputs:
+  a freshly built model predicts the same probability for every class)."""
+  from deeplab_tf.checkpoints import model_weights_by_checkpoint_name
+  for name, weight in model_weights_by_checkpoint_name(model).items():
+    weight.assign(det_value(name, weight.shape))
+  return model
+
+
 def cheap_value(name, shape):
   """A fast stand-in for `det_value` where the values do not matter (only names and shapes)."""
   return np.full(shape, 0.5 if name.endswith("moving_variance") else 0.0, np.float32)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import keras
 
+from deeplab_tf.image_ops import scale_dimension
 from deeplab_tf.model import layers
 from deeplab_tf.model.activations import activation_layer
 from deeplab_tf.model.layers import BatchNormParams
@@ -29,9 +30,30 @@ HEAD_BN = BatchNormParams(decay=0.9997, epsilon=1e-5)
 ASPP_DEPTH = 256
 
 
-def scale_dimension(dim: int, scale: float) -> int:
-  """research/deeplab's `scale_dimension`: `int((dim - 1) * scale + 1)`, e.g. 513 at 1/16 -> 33."""
-  return int((float(dim) - 1.0) * scale + 1.0)
+IMAGE_POOLING_LAYER_NAME = "image_pooling.pool"
+
+
+@keras.saving.register_keras_serializable(package="deeplab_tf")
+class ImagePooling(keras.layers.AveragePooling2D):
+  """The original's image-pooling window for a given crop: VALID average pooling of
+  `scale_dimension(crop_size, 1 / output_stride)` pixels (research/deeplab `model.py`,
+  `extract_features`).
+
+  It keeps `crop_size` and `output_stride` so that multi-scale inference can rebuild the window for
+  a scaled crop, as the original's `multi_scale_logits` does with `image_pooling_crop_size`.
+  """
+
+  def __init__(self, crop_size, output_stride, strides=(1, 1), **kwargs):
+    kwargs.pop("pool_size", None)
+    kwargs.pop("padding", None)
+    self.crop_size = tuple(int(d) for d in crop_size)
+    self.output_stride = int(output_stride)
+    super().__init__(pool_size=tuple(scale_dimension(d, 1.0 / self.output_stride)
+                                     for d in self.crop_size),
+                     strides=tuple(strides), padding="valid", **kwargs)
+
+  def get_config(self):
+    return {**super().get_config(), "crop_size": self.crop_size, "output_stride": self.output_stride}
 
 
 def relu_max_value(options: ModelOptions):
@@ -60,12 +82,10 @@ def build_aspp(features, options: ModelOptions):
   if options.add_image_level_feature:
     if options.image_pooling_crop_size is not None:
       # The original during training: a VALID window as large as the training crop's feature map.
-      pool_size = tuple(scale_dimension(d, 1.0 / options.output_stride)
-                        for d in options.image_pooling_crop_size)
-      pooled = keras.layers.AveragePooling2D(pool_size, strides=options.image_pooling_stride,
-                                             padding="valid", name="image_pooling.pool")(features)
+      pooled = ImagePooling(options.image_pooling_crop_size, options.output_stride,
+                            options.image_pooling_stride, name=IMAGE_POOLING_LAYER_NAME)(features)
     else:
-      pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="image_pooling.pool")(features)
+      pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name=IMAGE_POOLING_LAYER_NAME)(features)
     if options.aspp_with_squeeze_and_excitation:
       pooled = layers.conv2d_same(pooled, depth, 1, 1, 1, "image_pooling", bn_params=None,
                                   activation=False)

@@ -28,7 +28,8 @@ import keras
 import tensorflow as tf
 
 from deeplab_tf.model import layers
-from deeplab_tf.model.aspp import HEAD_BN, scale_dimension
+from deeplab_tf.image_ops import scale_dimension
+from deeplab_tf.model.aspp import HEAD_BN
 
 META_ARCHITECTURE_SCOPE = "meta_architecture"
 CONCAT_PROJECTION_SCOPE = "concat_projection"

@@ -212,7 +212,7 @@ def file_pattern_dataset_fn(file_pattern: str, model_options: ModelOptions,
         min_scale_factor=train_options.min_scale_factor,
         max_scale_factor=train_options.max_scale_factor,
         scale_factor_step_size=train_options.scale_factor_step_size,
-        input_context=input_context, seed=train_options.seed)
+        input_context=input_context, seed=train_options.seed, num_classes=model_options.num_classes)
   return dataset_fn
 
 
