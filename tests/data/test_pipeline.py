@@ -110,3 +110,15 @@ def test_reads_a_prepared_tfds_dataset(tmp_path):
                                  tfds_data_dir=str(tmp_path), tfds_keys=("image", "annotation"),
                                  is_training=True, crop_size=(8, 8), batch_size=2, ignore_label=255, seed=1)
   assert next(iter(train))["label"].shape == (2, 8, 8, 1)
+
+
+def test_eval_resizes_to_range_and_keeps_the_original_size(tmp_path):
+  pattern = _write_shards(tmp_path)
+  batches = list(pipeline.build_dataset(pattern, is_training=False, crop_size=None, batch_size=1,
+                                        ignore_label=255, min_resize_value=12, max_resize_value=20))
+  # 20x30 -> 12x18; 24x16 -> 18x12; 18x18 -> 12x12; 10x12 -> 12x14 (12 * 12/10 = 14.4)
+  assert [tuple(b["label"].shape[1:3]) for b in batches] == [(12, 18), (18, 12), (12, 12), (12, 14)]
+  np.testing.assert_array_equal([int(b["height"][0]) for b in batches], [20, 24, 18, 10])
+  with pytest.raises(ValueError, match="--min_resize_value"):
+    pipeline.build_dataset(pattern, is_training=False, crop_size=None, batch_size=1, ignore_label=255,
+                           max_resize_value=20)
