@@ -89,6 +89,22 @@ _QUANTIZE = ("quantization-aware training rewrote the TF1 graph (tf.contrib.quan
              "have; quantize the exported model after training instead")
 _ADAM = "only the papers' momentum SGD is offered (--momentum)"
 
+
+
+def _eval_and_vis_rows(file: str) -> Tuple[Row, ...]:
+  """The flags that the original's eval.py and vis.py both define, alike."""
+  return (
+      _row("master", file, "", NOT_APPLICABLE, "as train.py's"),
+      _row("checkpoint_dir", file, None, SAME, "a training log directory (or --checkpoint_path)"),
+      _row("eval_interval_secs", file, 300, SAME, "between checks for a new checkpoint"),
+      _row("atrous_rates", file, None, SAME, _MODEL),
+      _row("output_stride", file, 16, SAME, _MODEL),
+      _row("eval_scales", file, [1.0], SAME, "multi-scale inference"),
+      _row("add_flipped_images", file, False, SAME, "also at one scale"),
+      _row("quantize_delay_step", file, -1, REFUSED, _QUANTIZE),
+      _row("dataset_dir", file, None, SAME, "folder of the shards"))
+
+
 ROWS: Tuple[Row, ...] = (
     # common.py
     _row("min_resize_value", "common.py", None, SAME, _RESIZE, binaries=TRAIN_EVAL_VIS),
@@ -199,38 +215,22 @@ ROWS: Tuple[Row, ...] = (
     _row("train_split", "train.py", "train", SAME, "{split}-*.tfrecord"),
     _row("dataset_dir", "train.py", None, SAME, "folder of the shards"),
     # eval.py
-    _row("master", "eval.py", "", NOT_APPLICABLE, "as train.py's"),
+    *_eval_and_vis_rows("eval.py"),
     _row("eval_logdir", "eval.py", None, SAME, "metrics JSON and TensorBoard scalars"),
-    _row("checkpoint_dir", "eval.py", None, SAME, "a training log directory (or --checkpoint_path)"),
     _row("eval_batch_size", "eval.py", 1, SAME, "images per batch"),
     _row("eval_crop_size", "eval.py", "513,513", SAME, "empty: each image at its own size"),
-    _row("eval_interval_secs", "eval.py", 300, SAME, "between checks for a new checkpoint"),
-    _row("atrous_rates", "eval.py", None, SAME, _MODEL),
-    _row("output_stride", "eval.py", 16, SAME, _MODEL),
-    _row("eval_scales", "eval.py", [1.0], SAME, "multi-scale inference"),
-    _row("add_flipped_images", "eval.py", False, SAME, "also at one scale"),
-    _row("quantize_delay_step", "eval.py", -1, REFUSED, _QUANTIZE),
     _row("dataset", "eval.py", "pascal_voc_seg", SAME, "also a descriptor JSON path"),
     _row("eval_split", "eval.py", "val", SAME, "{split}-*.tfrecord"),
-    _row("dataset_dir", "eval.py", None, SAME, "folder of the shards"),
     _row("max_number_of_evaluations", "eval.py", 0, SAME, "0 waits for new checkpoints forever, as the "
          "original; --checkpoint_path evaluates that one checkpoint once"),
     # vis.py
-    _row("master", "vis.py", "", NOT_APPLICABLE, "as train.py's"),
+    *_eval_and_vis_rows("vis.py"),
     _row("vis_logdir", "vis.py", None, SAME, "segmentation_results/, raw_segmentation_results/"),
-    _row("checkpoint_dir", "vis.py", None, SAME, "a training log directory (or --checkpoint_path)"),
     _row("vis_batch_size", "vis.py", 1, SAME, "images per batch (above 1 needs --vis_crop_size)"),
     _row("vis_crop_size", "vis.py", "513,513", SAME, "empty: each image at its own size"),
-    _row("eval_interval_secs", "vis.py", 300, SAME, "between checks for a new checkpoint"),
-    _row("atrous_rates", "vis.py", None, SAME, _MODEL),
-    _row("output_stride", "vis.py", 16, SAME, _MODEL),
-    _row("eval_scales", "vis.py", [1.0], SAME, "multi-scale inference"),
-    _row("add_flipped_images", "vis.py", False, SAME, "also at one scale"),
-    _row("quantize_delay_step", "vis.py", -1, REFUSED, _QUANTIZE),
     _row("dataset", "vis.py", "pascal_voc_seg", SAME, "cityscapes: raw predictions in label ids, for the "
          "benchmark server, as the original"),
     _row("vis_split", "vis.py", "val", SAME, "{split}-*.tfrecord"),
-    _row("dataset_dir", "vis.py", None, SAME, "folder of the shards"),
     _row("colormap_type", "vis.py", "pascal", SAME, "pascal, cityscapes, ade20k (and our custom, or "
          "dataset: the dataset descriptor's)"),
     _row("also_save_raw_predictions", "vis.py", False, SAME, "class ids as greyscale PNGs named after the "
