@@ -60,7 +60,8 @@ def evaluate_checkpoint(checkpoint: str, descriptor, eval_options) -> dict:
                              ignore_label=descriptor.ignore_label, class_names=descriptor.class_names)
   step = eval_common.checkpoint_step(checkpoint)
   result = {"checkpoint": checkpoint, "step": step, "dataset": descriptor.name, "eval_split": FLAGS.eval_split,
-            "eval_options": eval_options.to_dict(), **metrics.to_dict()}
+            "eval_options": eval_options.to_dict(), "resize": eval_common.resize_from_flags(),
+            **metrics.to_dict()}
   print(f"{os.path.basename(checkpoint)} {FLAGS.eval_split}: mIoU {100 * metrics.miou:.2f}% "
         f"pixel accuracy {100 * metrics.pixel_accuracy:.2f}% ({metrics.num_pixels} pixels)")
   for name, iou in result["per_class_iou"].items():
