@@ -179,8 +179,8 @@ ROWS: Tuple[Row, ...] = (
     _row("learning_policy", "train.py", "poly", SAME, "poly or step (and our cosine)"),
     _row("base_learning_rate", "train.py", 0.0001, SAME, "TrainOptions' default too; the experiments' "
          "flagfiles set the papers' 0.007"),
-    _row("decay_steps", "train.py", 0.0, REFUSED, "the poly policy always decays over "
-         "--training_number_of_steps to 0; give --training_number_of_steps instead", kind="float"),
+    _row("decay_steps", "train.py", 0.0, REFUSED, "the poly policy always decays to 0 over "
+         "--training_number_of_steps (less --slow_start_step); set those instead", kind="float"),
     _row("end_learning_rate", "train.py", 0.0, REFUSED, "the poly policy always decays to 0",
          kind="float"),
     _row("learning_rate_decay_factor", "train.py", 0.1, SAME, "step policy"),
