@@ -28,6 +28,19 @@ def _as_tuple(value):
   return value
 
 
+class _FrozenDict(dict):
+  """A hashable, read-only dict (a dense prediction cell branch), so that options stay hashable; JSON
+  writes it as a plain object."""
+
+  def __hash__(self):
+    return hash(tuple(sorted(self.items())))
+
+  def _read_only(self, *args, **kwargs):
+    raise TypeError("options are frozen; use ModelOptions.replace() to change them.")
+
+  __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
+
+
 class _JsonOptions:
   """JSON round-trip shared by every options dataclass."""
 
@@ -86,6 +99,10 @@ class ModelOptions(_JsonOptions):
       image-pooling branch averages over with a fixed VALID window, as the original does during
       training; None pools globally over whatever the input is (the original at inference).
     image_pooling_stride: stride of that fixed pooling window, (1, 1) in the original.
+    dense_prediction_cell_config: the Dense Prediction Cell replacing ASPP (Chen et al. 2018; the
+      original's `--dense_prediction_cell_json`, read by
+      `deeplab_tf.model.dense_prediction_cell.load_dense_prediction_cell_config`): a list of branch
+      dicts; None builds ASPP. Needs `aspp_with_batch_norm`, as in the original.
     logits_kernel_size: kernel size of the final logits convolution (1 in every published model).
     prediction_with_upsampled_logits: upsample logits to the input size (True in the original); when
       False, the model returns logits at the decoder (or encoder) output stride.
@@ -105,6 +122,10 @@ class ModelOptions(_JsonOptions):
   divisible_by: Optional[int] = None
   image_pooling_crop_size: Optional[Tuple[int, int]] = None
   image_pooling_stride: Tuple[int, int] = (1, 1)
+  dense_prediction_cell_config: Optional[Tuple[dict, ...]] = None
+  nas_stem_output_num_conv_filters: int = 20
+  nas_use_classification_head: bool = False
+  nas_remove_os32_stride: bool = False
   logits_kernel_size: int = 1
   prediction_with_upsampled_logits: bool = True
 
@@ -112,6 +133,13 @@ class ModelOptions(_JsonOptions):
     # Normalise lists (from JSON or flags) to tuples so that the options stay hashable and comparable.
     for name in ("atrous_rates", "multi_grid", "image_pooling_crop_size", "image_pooling_stride"):
       object.__setattr__(self, name, _as_tuple(getattr(self, name)))
+    if self.dense_prediction_cell_config is not None:
+      object.__setattr__(self, "dense_prediction_cell_config", tuple(
+          _FrozenDict((k, _as_tuple(v)) for k, v in sorted(dict(branch).items()))
+          for branch in self.dense_prediction_cell_config))
+      if not self.aspp_with_batch_norm:
+        raise ValueError("dense_prediction_cell_config needs aspp_with_batch_norm=True (the original "
+                         "builds the cell in place of the ASPP head, which that flag turns off).")
     if self.decoder_output_stride is not None and isinstance(self.decoder_output_stride, (list, tuple)):
       if len(self.decoder_output_stride) != 1:
         raise ValueError(

@@ -13,6 +13,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from deeplab_tf.model.dense_prediction_cell import load_dense_prediction_cell_config
+
 REFERENCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata", "reference")
 VARS_DIR = os.path.join(REFERENCE_DIR, "vars")
 XCEPTION_65_CASE_DIR = os.path.join(REFERENCE_DIR, "xception_65_os16_129")
@@ -31,6 +33,20 @@ VARIANT_CASES = {
     "resnet_v1_50_beta": (dict(model_variant="resnet_v1_50_beta", **_RESNET_PLUS), 40_533_653),
     "resnet_v1_101_beta": (dict(model_variant="resnet_v1_101_beta", **_RESNET_PLUS), 59_578_005),
     "mobilenet_v2": (dict(model_variant="mobilenet_v2"), 2_146_645),
+    # The model zoo's xception71_dpc_cityscapes: the Dense Prediction Cell instead of ASPP.
+    "xception_71_dpc_cityscapes19": (dict(
+        model_variant="xception_71", num_classes=19, decoder_output_stride=4,
+        dense_prediction_cell_config=load_dense_prediction_cell_config(
+            "dense_prediction_cell_branch5_top1_cityscapes.json")), 41_818_955),
+    # The NAS encoders, lists written by testdata/reference/make_nas_vars.py from the original's code.
+    "nas_pnasnet": (dict(model_variant="nas_pnasnet", **_PLUS), 2_602_069),
+    "nas_hnasnet": (dict(model_variant="nas_hnasnet", output_stride=8, **_PLUS), 7_823_205),
+    "nas_hnasnet_classification_head": (dict(
+        model_variant="nas_hnasnet", atrous_rates=(6, 12, 18), nas_use_classification_head=True),
+        17_854_717),
+    "nas_pnasnet_os32_no_stride_classification_head": (dict(
+        model_variant="nas_pnasnet", output_stride=32, atrous_rates=(6, 12, 18),
+        nas_use_classification_head=True, nas_remove_os32_stride=True), 7_859_509),
 }
 
 

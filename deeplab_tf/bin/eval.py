@@ -10,7 +10,9 @@ Prints the mIoU and per-class IoU and writes them to `<eval_logdir>/eval_<checkp
 With --checkpoint_dir, every new checkpoint is evaluated as it appears, --max_number_of_evaluations of them
 (default 0: forever, as the original; 1: the latest once); --checkpoint_path evaluates that one once.
 --min_resize_value/--max_resize_value/--resize_factor resize images and labels first, as the original
-(the mIoU is then measured on the resized labels, as there).
+(the mIoU is then measured on the resized labels, as there). --crf_iterations=10 refines every prediction
+with DeepLabv2's dense CRF (--crf_pos_w, --crf_pos_xy_std, --crf_bi_w, --crf_bi_xy_std, --crf_bi_rgb_std;
+needs deeplab_tf[crf]).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ flags.DEFINE_integer("max_number_of_evaluations", 0, "Checkpoints of --checkpoin
                      "appear: 0 = wait for new ones forever (as the original); 1 = the latest once.")
 
 
-def evaluate_checkpoint(checkpoint: str, descriptor, eval_options) -> dict:
+def evaluate_checkpoint(checkpoint: str, descriptor, eval_options, crf_options=None) -> dict:
   """Evaluates one checkpoint, writes its JSON and summaries, returns the JSON's content."""
   model, model_options = eval_common.load_model_from_flags(checkpoint)
   if model_options.num_classes != descriptor.num_classes:
@@ -57,17 +59,18 @@ def evaluate_checkpoint(checkpoint: str, descriptor, eval_options) -> dict:
   batches = tqdm(dataset, total=math.ceil(size / FLAGS.eval_batch_size) if size else None,
                  desc=f"eval {os.path.basename(checkpoint)}", unit="batch")
   metrics = evaluate_dataset(model, batches, eval_options, num_classes=descriptor.num_classes,
-                             ignore_label=descriptor.ignore_label, class_names=descriptor.class_names)
+                             ignore_label=descriptor.ignore_label, class_names=descriptor.class_names,
+                             crf_options=crf_options)
   step = eval_common.checkpoint_step(checkpoint)
   result = {"checkpoint": checkpoint, "step": step, "dataset": descriptor.name, "eval_split": FLAGS.eval_split,
             "eval_options": eval_options.to_dict(), "resize": eval_common.resize_from_flags(),
-            **metrics.to_dict()}
+            "crf_options": crf_options.to_dict() if crf_options else None, **metrics.to_dict()}
   print(f"{os.path.basename(checkpoint)} {FLAGS.eval_split}: mIoU {100 * metrics.miou:.2f}% "
         f"pixel accuracy {100 * metrics.pixel_accuracy:.2f}% ({metrics.num_pixels} pixels)")
   for name, iou in result["per_class_iou"].items():
     print(f"  {name:>20s}: " + ("absent" if iou is None else f"{100 * iou:.2f}%"))
   if FLAGS.eval_logdir:
-    os.makedirs(FLAGS.eval_logdir, exist_ok=True)
+    tf.io.gfile.makedirs(FLAGS.eval_logdir)
     path = os.path.join(FLAGS.eval_logdir, f"eval_{os.path.basename(checkpoint)}.json")
     atomic_write_text(path, json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
@@ -87,8 +90,9 @@ def main(argv):
   descriptor = get_descriptor(FLAGS.dataset)
   eval_options = eval_common.eval_options_from_flags(
       eval_common.parse_crop_size(FLAGS.eval_crop_size, "eval_crop_size"))
+  crf_options = eval_common.crf_options_from_flags()
   for checkpoint in eval_common.iterate_checkpoints(FLAGS.max_number_of_evaluations):
-    evaluate_checkpoint(checkpoint, descriptor, eval_options)
+    evaluate_checkpoint(checkpoint, descriptor, eval_options, crf_options)
 
 
 def run():

@@ -13,6 +13,7 @@ import tensorflow as tf
 from absl import flags
 
 from deeplab_tf.bin import model_flags
+from deeplab_tf.evaluation.crf import CrfOptions
 from deeplab_tf.options import EvalOptions
 
 FLAGS = flags.FLAGS
@@ -31,6 +32,15 @@ flags.DEFINE_float("sliding_window_overlap", 1.0 / 3.0, "Minimum overlap fractio
 flags.DEFINE_integer("eval_interval_secs", 300, "Seconds between checks for a new checkpoint in "
                      "--checkpoint_dir.")
 flags.DEFINE_integer("eval_timeout_secs", None, "Stop waiting for a new checkpoint after this long.")
+# DeepLabv2's dense CRF post-processing (deeplab_tf.evaluation.crf; needs deeplab_tf[crf]).
+flags.DEFINE_integer("crf_iterations", 0, "Mean-field iterations of DeepLabv2's dense CRF on each "
+                     "prediction; 0 (default) turns the CRF off, DeepLabv2 uses 10.")
+flags.DEFINE_float("crf_pos_w", CrfOptions.pos_w, "CRF smoothness kernel weight (w2).")
+flags.DEFINE_float("crf_pos_xy_std", CrfOptions.pos_xy_std, "CRF smoothness kernel width in pixels.")
+flags.DEFINE_float("crf_bi_w", CrfOptions.bi_w, "CRF appearance kernel weight (w1).")
+flags.DEFINE_float("crf_bi_xy_std", CrfOptions.bi_xy_std, "CRF appearance kernel width in pixels.")
+flags.DEFINE_float("crf_bi_rgb_std", CrfOptions.bi_rgb_std, "CRF appearance kernel colour width "
+                   "(0-255 units).")
 
 
 def parse_crop_size(values: Optional[Sequence[str]], flag_name: str) -> Optional[Tuple[int, int]]:
@@ -65,6 +75,15 @@ def eval_options_from_flags(crop_size: Optional[Tuple[int, int]]) -> EvalOptions
                      sliding_window_overlap=FLAGS.sliding_window_overlap)
 
 
+def crf_options_from_flags() -> Optional[CrfOptions]:
+  """The dense CRF's options from the --crf_* flags, or None when --crf_iterations is 0."""
+  if FLAGS.crf_iterations == 0:
+    return None
+  return CrfOptions(iterations=FLAGS.crf_iterations, pos_w=FLAGS.crf_pos_w,
+                    pos_xy_std=FLAGS.crf_pos_xy_std, bi_w=FLAGS.crf_bi_w,
+                    bi_xy_std=FLAGS.crf_bi_xy_std, bi_rgb_std=FLAGS.crf_bi_rgb_std)
+
+
 def checkpoint_from_flags() -> str:
   """--checkpoint_path, else --checkpoint_dir (raises ValueError when neither is given)."""
   path = FLAGS.checkpoint_path or FLAGS.checkpoint_dir
@@ -76,12 +95,12 @@ def checkpoint_from_flags() -> str:
 def load_model_from_flags(path: str):
   """`(model, model_options)` of a checkpoint: the options of --model_options_json, else those beside the
   checkpoint, with the model flags given explicitly (e.g. --output_stride=8) in their place."""
-  from deeplab_tf import model_io  # pylint: disable=import-outside-toplevel
+  from deeplab_tf import io_utils, model_io  # pylint: disable=import-outside-toplevel
   if path.endswith(".keras"):
     return model_io.load_model(path, model_io.load_model_options(FLAGS.model_options_json)
                                if FLAGS.model_options_json else None)
   options = model_io.load_model_options(FLAGS.model_options_json or (
-      path if os.path.isdir(path) else os.path.dirname(model_io.resolve_checkpoint(path))))
+      path if io_utils.isdir(path) else model_io.resolve_checkpoint(path)))
   return model_io.load_model(path, model_flags.override_model_options(options))
 
 
@@ -112,7 +131,7 @@ def iterate_checkpoints(max_number: int) -> Iterator[str]:
 
 def split_pattern(dataset_dir: Optional[str], split: str, flag_name: str) -> str:
   """`<dataset_dir>/<split>-*.tfrecord` (raises ValueError naming --dataset_dir when missing)."""
-  if not dataset_dir or not os.path.isdir(dataset_dir):
+  if not dataset_dir or not tf.io.gfile.isdir(dataset_dir):
     raise ValueError(f"--dataset_dir={dataset_dir!r}: expected the folder of the {split}-*.tfrecord shards "
                      f"(--{flag_name}={split}).")
   return os.path.join(dataset_dir, f"{split}-*.tfrecord")

@@ -12,12 +12,13 @@ import dataclasses
 from absl import flags
 
 from deeplab_tf.bin import original_flags  # noqa: F401  (defines the original's refused spellings)
+from deeplab_tf.model.dense_prediction_cell import load_dense_prediction_cell_config
 from deeplab_tf.options import ModelOptions
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model_variant", "mobilenet_v2", "Encoder: xception_41/65/71, resnet_v1_50[_beta], "
-                    "resnet_v1_101[_beta], mobilenet_v2.")
+                    "resnet_v1_101[_beta], mobilenet_v2, nas_pnasnet, nas_hnasnet.")
 flags.DEFINE_integer("num_classes", 21, "Number of classes the checkpoint predicts.")
 flags.DEFINE_integer("output_stride", 16, "Input / encoder output resolution: 8, 16 or 32.")
 flags.DEFINE_multi_integer("atrous_rates", None, "ASPP atrous rates, one flag each (6, 12, 18 at "
@@ -35,6 +36,14 @@ flags.DEFINE_integer("divisible_by", None, "MobileNetV2 channel rounding (defaul
 flags.DEFINE_list("image_pooling_crop_size", None, "height,width of the crop image pooling averages "
                   "over; unset pools globally.")
 flags.DEFINE_list("image_pooling_stride", ["1", "1"], "Stride of that pooling window.")
+flags.DEFINE_string("dense_prediction_cell_json", "", "A Dense Prediction Cell JSON file replacing ASPP, or "
+                    "the name of a packaged one (dense_prediction_cell_branch5_top1_cityscapes.json, the "
+                    "model zoo's xception71_dpc_cityscapes); empty builds ASPP.")
+flags.DEFINE_integer("nas_stem_output_num_conv_filters", 20, "NAS encoders: filters of the first cells.")
+flags.DEFINE_boolean("nas_use_classification_head", False, "NAS encoders: image classification head "
+                     "(to output stride 32, 2048 channels).")
+flags.DEFINE_boolean("nas_remove_os32_stride", False, "NAS encoders: no stride in the output stride 32 "
+                     "cells.")
 flags.DEFINE_integer("logits_kernel_size", 1, "Kernel size of the logits convolution.")
 flags.DEFINE_boolean("prediction_with_upsampled_logits", True, "Upsample logits to the input size.")
 
@@ -88,6 +97,11 @@ def model_options_from_flags() -> ModelOptions:
       divisible_by=FLAGS.divisible_by,
       image_pooling_crop_size=_ints(FLAGS.image_pooling_crop_size, "image_pooling_crop_size"),
       image_pooling_stride=_ints(FLAGS.image_pooling_stride, "image_pooling_stride"),
+      dense_prediction_cell_config=(load_dense_prediction_cell_config(FLAGS.dense_prediction_cell_json)
+                                    if FLAGS.dense_prediction_cell_json else None),
+      nas_stem_output_num_conv_filters=FLAGS.nas_stem_output_num_conv_filters,
+      nas_use_classification_head=FLAGS.nas_use_classification_head,
+      nas_remove_os32_stride=FLAGS.nas_remove_os32_stride,
       logits_kernel_size=FLAGS.logits_kernel_size,
       prediction_with_upsampled_logits=FLAGS.prediction_with_upsampled_logits)
 

@@ -331,5 +331,5 @@ def render_markdown() -> str:
 if __name__ == "__main__":
   if len(sys.argv) != 2:
     raise SystemExit("usage: python -m deeplab_tf.bin.original_flags docs/FLAGS.md")
-  with open(sys.argv[1], "w", encoding="utf-8") as out:
-    out.write(render_markdown())
+  from deeplab_tf.io_utils import atomic_write_text  # pylint: disable=g-import-not-at-top
+  atomic_write_text(sys.argv[1], render_markdown())

@@ -16,12 +16,14 @@ of them (default 0: forever; 1: the latest once); --checkpoint_path visualises t
 --min_resize_value (and --max_resize_value, --resize_factor) the images are resized first; image, overlay and
 panel show the resized image, the prediction PNGs are resized back (nearest neighbour, align_corners) to the
 image's own size, as the original does for the benchmark server.
+--crf_iterations=10 (and the other --crf_* flags, as eval) refines the predictions with DeepLabv2's dense CRF.
 """
 
 from __future__ import annotations
 
 import os
 
+import tensorflow as tf
 from absl import app, flags
 from tqdm import tqdm
 
@@ -30,7 +32,8 @@ from deeplab_tf.bin import eval_common
 from deeplab_tf.data.descriptors import cityscapes_train_ids_to_label_ids, get_descriptor
 from deeplab_tf.data.pipeline import build_dataset
 from deeplab_tf.data.preprocess import resize_to_range_size
-from deeplab_tf.evaluation.inference import model_mean_pixel, predict_labels
+from deeplab_tf.evaluation.crf import dense_crf_labels
+from deeplab_tf.evaluation.inference import model_mean_pixel, predict_labels, predict_probabilities
 from deeplab_tf.image_ops import resize_nearest_align_corners
 
 FLAGS = flags.FLAGS
@@ -51,8 +54,10 @@ flags.DEFINE_integer("max_number_of_images", 0, "Stop after this many images (0 
 flags.DEFINE_float("overlay_alpha", 0.5, "Weight of the prediction colours in the overlays.")
 
 
-def visualise_checkpoint(checkpoint: str, descriptor, eval_options, colormap: str, resize: dict) -> str:
-  """Writes the pictures of every image of --vis_split predicted by `checkpoint`; returns their folder."""
+def visualise_checkpoint(checkpoint: str, descriptor, eval_options, colormap: str, resize: dict,
+                         crf_options=None) -> str:
+  """Writes the pictures of every image of --vis_split predicted by `checkpoint` (refined by the dense CRF
+  with `crf_options`); returns their folder."""
   model, _ = eval_common.load_model_from_flags(checkpoint)
   windowed = eval_options.sliding_window
   dataset = build_dataset(
@@ -69,8 +74,11 @@ def visualise_checkpoint(checkpoint: str, descriptor, eval_options, colormap: st
   progress = tqdm(total=total, desc=f"vis {os.path.basename(checkpoint)}", unit="image")
   index = 0
   for batch in dataset:
-    predictions = predict_labels(model, batch["image"], eval_options)
-    for k in range(predictions.shape[0]):
+    if crf_options is None:
+      predictions = predict_labels(model, batch["image"], eval_options)
+    else:
+      probabilities = predict_probabilities(model, batch["image"], eval_options)
+    for k in range(int(batch["image"].shape[0])):
       if limit is not None and index >= limit:
         break
       height, width = int(batch["height"][k]), int(batch["width"][k])
@@ -79,7 +87,11 @@ def visualise_checkpoint(checkpoint: str, descriptor, eval_options, colormap: st
               if resized else (height, width))
       image = batch["image"][k, :size[0], :size[1]].numpy()
       label = batch["label"][k, :size[0], :size[1], 0].numpy()
-      prediction = predictions[k, :size[0], :size[1]]
+      if crf_options is None:
+        prediction = predictions[k, :size[0], :size[1]]
+      else:
+        prediction = tf.constant(dense_crf_labels(image[None], probabilities[k:k + 1, :size[0], :size[1]],
+                                                  crf_options)[0])
       visualization.save_image_png(image, os.path.join(results_dir, f"{index:06d}_image.png"))
       visualization.save_image_png(
           visualization.overlay(image, prediction.numpy(), colormap, FLAGS.overlay_alpha),
@@ -116,8 +128,9 @@ def main(argv):
     resize = eval_common.resize_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  crf_options = eval_common.crf_options_from_flags()
   for checkpoint in eval_common.iterate_checkpoints(FLAGS.max_number_of_iterations):
-    print(f"wrote {visualise_checkpoint(checkpoint, descriptor, eval_options, colormap, resize)}")
+    print(f"wrote {visualise_checkpoint(checkpoint, descriptor, eval_options, colormap, resize, crf_options)}")
 
 
 def run():

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Dict, Tuple
 
 import numpy as np
+import tensorflow as tf
 from cityscapesscripts.helpers import labels as cityscapes_labels
 
 from deeplab_tf.data import colormaps
-from deeplab_tf.io_utils import atomic_write_text
+from deeplab_tf.io_utils import atomic_write_text, read_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,14 +169,13 @@ def get_descriptor(name_or_json_path: str) -> DatasetDescriptor:
   """
   if name_or_json_path in _BUILTIN:
     return _BUILTIN[name_or_json_path]
-  if not os.path.isfile(name_or_json_path):
+  if not tf.io.gfile.exists(name_or_json_path) or tf.io.gfile.isdir(name_or_json_path):
     raise ValueError(f"Unknown dataset {name_or_json_path!r}: not one of {list(BUILTIN_NAMES)} and not a "
                      "JSON descriptor file. Give a built-in name or the path of a descriptor JSON.")
-  with open(name_or_json_path, encoding="utf-8") as f:
-    try:
-      values = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"Dataset descriptor {name_or_json_path} is not valid JSON: {e}.") from e
+  try:
+    values = json.loads(read_text(name_or_json_path))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"Dataset descriptor {name_or_json_path} is not valid JSON: {e}.") from e
   if not isinstance(values, dict):
     raise ValueError(f"Dataset descriptor {name_or_json_path} must hold a JSON object.")
   return descriptor_from_dict(values, name_or_json_path)

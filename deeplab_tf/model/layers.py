@@ -236,7 +236,10 @@ def kernel_variables(model: keras.Model, include_depthwise: bool = False) -> Seq
   """
   kernels = []
   for layer in model.layers:
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
+    if isinstance(layer, keras.layers.SeparableConv2D):
+      # The NAS cells' slim.separable_conv2d: nas_arg_scope regularises both of its kernels.
+      kernels += [layer.depthwise_kernel, layer.pointwise_kernel]
+    elif isinstance(layer, keras.layers.DepthwiseConv2D):
       if include_depthwise:
         kernels.append(layer.kernel)
     elif isinstance(layer, keras.layers.Conv2D):

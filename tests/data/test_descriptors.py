@@ -29,6 +29,8 @@ def test_custom_descriptor_round_trip(tmp_path):
   out = tmp_path / "copy.json"
   descriptors.write_descriptor(d, str(out))
   assert descriptors.get_descriptor(str(out)) == d
+  descriptors.write_descriptor(d, "ram://descriptors_test/roads.json")
+  assert descriptors.get_descriptor("ram://descriptors_test/roads.json") == d
 
 
 def test_bad_descriptors_name_the_file(tmp_path):

@@ -20,6 +20,7 @@ from deeplab_tf.evaluation import inference
 from deeplab_tf.evaluation.metrics import ConfusionMatrix
 from deeplab_tf.image_ops import resize_nearest_align_corners
 from deeplab_tf.model_io import save_model_options
+from ram_fs import copy_to_ram
 
 PHOTO = os.path.join(os.path.dirname(__file__), "..", "..", "datasets", "samples", "voc2012_sample",
                      "JPEGImages", "2011_000006.jpg")
@@ -129,3 +130,56 @@ def test_eval_model_flags_given_explicitly_override_the_saved_options(setup):
     _, options = eval_common.load_model_from_flags(str(root / "train"))
   assert options == OPTIONS.replace(output_stride=8)
   assert eval_common.load_model_from_flags(str(root / "train"))[1] == OPTIONS
+
+
+def test_eval_and_vis_on_the_ram_filesystem(setup, tmp_path, monkeypatch):
+  # Data, checkpoint and outputs all on TF's in-memory filesystem: what a gs:// user relies on. Nothing
+  # may land on the local disk (os.makedirs("ram://x") would make a local folder "ram:").
+  root, model, examples = setup
+  ram = copy_to_ram(root, "ram://binaries_test",
+                    keep=lambda path: path.startswith("train/") or path.endswith((".tfrecord", ".json")))
+  monkeypatch.chdir(tmp_path)
+  common = dict(checkpoint_dir=ram + "/train", dataset=ram + "/tiny.json", dataset_dir=ram)
+  with flagsaver.flagsaver(eval_logdir=ram + "/eval", eval_split="val", eval_crop_size=["33", "41"],
+                           max_number_of_evaluations=1, **common):
+    eval_bin.main([])
+  with tf.io.gfile.GFile(ram + "/eval/eval_ckpt-1.json") as f:
+    result = json.load(f)
+  assert result["checkpoint"] == ram + "/train/ckpt-1"
+  assert result["num_pixels"] == (33 - 3) * 41 + (29 - 3) * 33
+  assert any(name.startswith("events.out.tfevents") for name in tf.io.gfile.listdir(ram + "/eval"))
+  with flagsaver.flagsaver(vis_logdir=ram + "/vis", vis_split="val", vis_crop_size=["33", "41"],
+                           also_save_raw_predictions=True, max_number_of_iterations=1, **common):
+    vis_bin.main([])
+  assert len(tf.io.gfile.listdir(ram + "/vis/segmentation_results")) == 8
+  expected = inference.predict_labels(model, examples[1][1][None], EvalOptions(eval_crop_size=CROP))[0]
+  np.testing.assert_array_equal(
+      visualization.read_label_png(ram + "/vis/raw_segmentation_results/second.png"), expected.numpy())
+  assert os.listdir(tmp_path) == []
+
+
+def test_eval_and_vis_binaries_apply_the_dense_crf(setup):
+  pytest.importorskip("pydensecrf.densecrf", reason="the optional extra deeplab_tf[crf] (pydensecrf2)")
+  from deeplab_tf.evaluation import crf
+  root, model, examples = setup
+  options = crf.CrfOptions(iterations=5, bi_xy_std=20.0)
+  expected = ConfusionMatrix(3, 255)
+  predictions = []
+  for _, image, label in examples:
+    probabilities = inference.predict_probabilities(model, image[None], EvalOptions(eval_crop_size=CROP))
+    predictions.append(crf.dense_crf_labels(image[None], probabilities, options)[0])
+    expected.update(label, predictions[-1][None])
+  crf_flags = dict(crf_iterations=5, crf_bi_xy_std=20.0, dataset=str(root / "tiny.json"),
+                   dataset_dir=str(root), checkpoint_dir=str(root / "train"))
+  with flagsaver.flagsaver(eval_logdir=str(root / "eval_crf"), eval_split="val",
+                           eval_crop_size=["33", "41"], max_number_of_evaluations=1, **crf_flags):
+    eval_bin.main([])
+  result = json.loads((root / "eval_crf" / "eval_ckpt-1.json").read_text())
+  assert result["crf_options"] == options.to_dict()
+  np.testing.assert_array_equal(result["confusion_matrix"], expected.matrix)
+  with flagsaver.flagsaver(vis_logdir=str(root / "vis_crf"), vis_split="val", vis_crop_size=["33", "41"],
+                           max_number_of_iterations=1, **crf_flags):
+    vis_bin.main([])
+  for i, prediction in enumerate(predictions):
+    np.testing.assert_array_equal(visualization.read_label_png(
+        str(root / "vis_crf" / "segmentation_results" / f"{i:06d}_prediction.png")), prediction)

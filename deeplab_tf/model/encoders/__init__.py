@@ -15,7 +15,7 @@ import dataclasses
 from typing import Callable, Dict
 
 from deeplab_tf.model import layers
-from deeplab_tf.model.encoders import mobilenet_v2, resnet, xception
+from deeplab_tf.model.encoders import mobilenet_v2, nas, resnet, xception
 from deeplab_tf.options import ModelOptions
 
 EncoderBuilder = Callable[[object, ModelOptions], Dict[str, object]]
@@ -68,3 +68,11 @@ register_encoder(
     lambda images, options: mobilenet_v2.build_mobilenet_v2(
         images, options.output_stride, options.depth_multiplier, options.divisible_by),
     layers.ZERO_MEAN_UNIT_RANGE)
+
+for _variant in nas.NAS_VARIANTS:
+  register_encoder(
+      _variant,
+      lambda images, options, _v=_variant: nas.build_nas(
+          images, _v, options.output_stride, options.nas_stem_output_num_conv_filters,
+          options.nas_use_classification_head, options.nas_remove_os32_stride),
+      layers.ZERO_MEAN_UNIT_RANGE)
