@@ -133,10 +133,11 @@ ROWS: Tuple[Row, ...] = (
     _row("merge_method", "common.py", "max", REFUSED, "it merges the logits of --image_pyramid, which is "
          "not built", kind="string"),
     _row("prediction_with_upsampled_logits", "common.py", True, SAME, _MODEL),
-    _row("dense_prediction_cell_json", "common.py", "", SAME, "Dense Prediction Cell head", room="r10dpc"),
-    _row("nas_stem_output_num_conv_filters", "common.py", 20, SAME, "NAS encoders", room="r10dpc"),
-    _row("nas_use_classification_head", "common.py", False, SAME, "NAS encoders", room="r10dpc"),
-    _row("nas_remove_os32_stride", "common.py", False, SAME, "NAS encoders", room="r10dpc"),
+    _row("dense_prediction_cell_json", "common.py", "", SAME, "Dense Prediction Cell head (a JSON file, or the packaged "
+         "model-zoo cell)"),
+    _row("nas_stem_output_num_conv_filters", "common.py", 20, SAME, "NAS encoders"),
+    _row("nas_use_classification_head", "common.py", False, SAME, "NAS encoders"),
+    _row("nas_remove_os32_stride", "common.py", False, SAME, "NAS encoders"),
     _row("use_bounded_activation", "common.py", False, SAME, "head flag", room="r10mobile"),
     _row("aspp_with_concat_projection", "common.py", True, SAME, "head flag", room="r10mobile"),
     _row("aspp_with_squeeze_and_excitation", "common.py", False, SAME, "head flag", room="r10mobile"),
@@ -195,7 +196,8 @@ ROWS: Tuple[Row, ...] = (
     _row("train_crop_size", "train.py", "513,513", SAME, "height,width"),
     _row("last_layer_gradient_multiplier", "train.py", 1.0, SAME, "gradient multiplier of the last layers"),
     _row("upsample_logits", "train.py", True, SAME, "loss on upsampled logits"),
-    _row("drop_path_keep_prob", "train.py", 1.0, SAME, "NAS cells' drop path", room="r10dpc"),
+    _row("drop_path_keep_prob", "train.py", 1.0, REFUSED, "the NAS cells' drop path is not built (the "
+         "original's default 1.0 keeps every path; see deeplab_tf/model/encoders/nas.py)", kind="float"),
     _row("tf_initial_checkpoint", "train.py", None, SAME, "also model-zoo TF1 checkpoints"),
     _row("initialize_last_layer", "train.py", True, SAME, "restore the last layers too"),
     _row("last_layers_contain_logits_only", "train.py", False, SAME, "which layers are 'last'"),
