@@ -183,3 +183,18 @@ def test_eval_and_vis_binaries_apply_the_dense_crf(setup):
   for i, prediction in enumerate(predictions):
     np.testing.assert_array_equal(visualization.read_label_png(
         str(root / "vis_crf" / "segmentation_results" / f"{i:06d}_prediction.png")), prediction)
+
+
+def test_vis_in_batches_writes_the_same_pictures(setup):
+  root, model, examples = setup
+  with flagsaver.flagsaver(checkpoint_path=str(root / "train" / "ckpt-1"), vis_logdir=str(root / "vis_b2"),
+                           dataset=str(root / "tiny.json"), dataset_dir=str(root), vis_split="val",
+                           vis_crop_size=["33", "41"], vis_batch_size=2, colormap_type="cityscapes"):
+    vis_bin.main([])
+  results = root / "vis_b2" / "segmentation_results"
+  for i, (_, image, _) in enumerate(examples):
+    expected = inference.predict_labels(model, image[None], EvalOptions(eval_crop_size=CROP))[0].numpy()
+    np.testing.assert_array_equal(visualization.read_label_png(str(results / f"{i:06d}_prediction.png")),
+                                  expected)
+    palette = np.array(Image.open(results / f"{i:06d}_prediction.png").getpalette()[:6]).reshape(2, 3)
+    np.testing.assert_array_equal(palette, [[128, 64, 128], [244, 35, 232]])  # Cityscapes road, sidewalk
