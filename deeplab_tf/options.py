@@ -86,13 +86,14 @@ class ModelOptions(_JsonOptions):
     decoder_output_stride: output stride of the low-level feature the DeepLabv3+ decoder refines with
       (4 in the paper, section 3.1); None builds DeepLabv3 (no decoder).
     multi_grid: unit rates of the last block's three units (DeepLabv3, section 3.2.1), e.g. (1, 2, 4);
-      None means (1, 1, 1).
+      None means (1, 1, 1). Two rates for resnet_v1_18[_beta], whose block4 has two units.
     aspp_with_separable_conv: depthwise-separable ASPP 3x3 branches (DeepLabv3+, section 3.2).
     decoder_use_separable_conv: depthwise-separable decoder 3x3 convolutions.
     add_image_level_feature: the ASPP image-pooling branch (DeepLabv3, section 3.3).
     aspp_with_batch_norm: build the ASPP head at all; False returns the encoder features directly to the
       logits layer, as the original does.
-    depth_multiplier: MobileNetV2 width multiplier (e.g. 0.5); ignored by other encoders.
+    depth_multiplier: MobileNet (V2, V3, EdgeTPU) width multiplier (e.g. 0.5); ignored by other
+      encoders.
     divisible_by: MobileNetV2 channel rounding; None means the original's default (8 at
       depth_multiplier 1, else 1: research/deeplab feature_extractor._mobilenet_v2).
     image_pooling_crop_size: (height, width) in pixels of the training crop whose encoder output the
@@ -106,6 +107,25 @@ class ModelOptions(_JsonOptions):
     logits_kernel_size: kernel size of the final logits convolution (1 in every published model).
     prediction_with_upsampled_logits: upsample logits to the input size (True in the original); when
       False, the model returns logits at the decoder (or encoder) output stride.
+    use_bounded_activation: ReLU6 instead of ReLU in the ASPP head and decoder, and the bounded
+      Xception (ReLU6, clipped features and residual sums, 'SAME' padding of its strided separable
+      convs: core/xception.py); the newest research/deeplab common.py, for quantized inference.
+    aspp_with_concat_projection: project the concatenated ASPP branches (`concat_projection`, 1x1 conv
+      + BN + ReLU, then dropout); False returns the concatenation itself (MobileNetV3 models).
+    aspp_with_squeeze_and_excitation: the image-pooling branch becomes a gate instead of a branch:
+      its 1x1 conv has a bias, no BN and a sigmoid, and multiplies the ASPP output (MobileNetV3's
+      LR-ASPP, "Searching for MobileNetV3", section 6.3).
+    aspp_convs_filters: channels of every ASPP conv (256; 128 in the MobileNetV3 models).
+    decoder_use_sum_merge: the decoder adds the projected low-level feature (`decoder_filters`
+      channels) to one conv of the upsampled ASPP output (`decoder_conv0`, or
+      `decoder_split_sep_conv0` when separable) instead of concatenating and refining with two convs.
+    decoder_filters: channels of the decoder convs (256; the number of classes in the MobileNetV3
+      models, whose decoder output is the logits).
+    decoder_output_is_logits: the decoder's convs are 1x1 with bias and no BN or activation, and its
+      output is the logits (no `logits/semantic` layer); needs `decoder_output_stride` and
+      `decoder_filters == num_classes`.
+    image_se_uses_qsigmoid: the squeeze-and-excitation gate is `relu6(x + 3) * 0.16667`
+      (`utils.q_sigmoid`) instead of a sigmoid.
   """
 
   model_variant: str = "mobilenet_v2"
@@ -128,6 +148,15 @@ class ModelOptions(_JsonOptions):
   nas_remove_os32_stride: bool = False
   logits_kernel_size: int = 1
   prediction_with_upsampled_logits: bool = True
+  # The newest common.py head flags (MobileNetV3 configurations).
+  use_bounded_activation: bool = False
+  aspp_with_concat_projection: bool = True
+  aspp_with_squeeze_and_excitation: bool = False
+  aspp_convs_filters: int = 256
+  decoder_use_sum_merge: bool = False
+  decoder_filters: int = 256
+  decoder_output_is_logits: bool = False
+  image_se_uses_qsigmoid: bool = False
 
   def __post_init__(self):
     # Normalise lists (from JSON or flags) to tuples so that the options stay hashable and comparable.
@@ -155,11 +184,23 @@ class ModelOptions(_JsonOptions):
       raise ValueError(
           f"decoder_output_stride={self.decoder_output_stride}: expected a stride smaller than "
           f"output_stride={self.output_stride} (4 in DeepLabv3+), or None for no decoder.")
-    if self.multi_grid is not None and len(self.multi_grid) != 3:
-      raise ValueError(f"multi_grid={self.multi_grid}: expected three unit rates, e.g. (1, 2, 4).")
+    # Three unit rates in the last block; ResNet-18's block4 has two units (resnet_v1_beta.py).
+    grid_length = 2 if self.model_variant.startswith("resnet_v1_18") else 3
+    if self.multi_grid is not None and len(self.multi_grid) != grid_length:
+      raise ValueError(f"multi_grid={self.multi_grid}: expected {grid_length} unit rates for "
+                       f"{self.model_variant}, e.g. {(1, 2, 4)[:grid_length]}.")
     if self.image_pooling_crop_size is not None and len(self.image_pooling_crop_size) != 2:
       raise ValueError(
           f"image_pooling_crop_size={self.image_pooling_crop_size}: expected (height, width) in pixels.")
+    if self.aspp_convs_filters < 1 or self.decoder_filters < 1:
+      raise ValueError(f"aspp_convs_filters={self.aspp_convs_filters}, decoder_filters="
+                       f"{self.decoder_filters}: expected positive numbers of channels.")
+    if self.decoder_output_is_logits and (self.decoder_output_stride is None
+                                          or self.decoder_filters != self.num_classes):
+      raise ValueError(
+          f"decoder_output_is_logits=True needs a decoder (decoder_output_stride="
+          f"{self.decoder_output_stride}) whose output has num_classes={self.num_classes} channels "
+          f"(decoder_filters={self.decoder_filters}).")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,9 @@ from deeplab_tf.model.dense_prediction_cell import load_dense_prediction_cell_co
 REFERENCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata", "reference")
 VARS_DIR = os.path.join(REFERENCE_DIR, "vars")
 XCEPTION_65_CASE_DIR = os.path.join(REFERENCE_DIR, "xception_65_os16_129")
+# Variable lists derived by reading the original's code (testdata/derived_vars/make_vars.py), for the
+# variants the reference graph run does not cover.
+DERIVED_VARS_DIR = os.path.join(os.path.dirname(REFERENCE_DIR), "derived_vars")
 
 _PLUS = dict(atrous_rates=(6, 12, 18), decoder_output_stride=4)
 _RESNET_PLUS = dict(_PLUS, aspp_with_separable_conv=False, decoder_use_separable_conv=False)
@@ -48,11 +51,35 @@ VARIANT_CASES = {
         model_variant="nas_pnasnet", output_stride=32, atrous_rates=(6, 12, 18),
         nas_use_classification_head=True, nas_remove_os32_stride=True), 7_859_509),
 }
+# g3doc/model_zoo.md's flags of the MobileNetV3 Cityscapes checkpoints, but for their
+# image_pooling_crop_size=769,769 and image_pooling_stride=4,5 (no variables; a 25x25 pooling window
+# needs inputs of 769 pixels or more), so that the model runs on the small test inputs.
+_MNV3_CITYSCAPES = dict(
+    num_classes=19, output_stride=32, aspp_convs_filters=128, aspp_with_concat_projection=False, aspp_with_squeeze_and_excitation=True,
+    decoder_use_sum_merge=True, decoder_filters=19, decoder_output_is_logits=True,
+    image_se_uses_qsigmoid=True, decoder_output_stride=8)
+# Issue 10 (lists in DERIVED_VARS_DIR; the parameter counts are those lists' sums, as no published figure
+# exists).
+VARIANT_CASES.update({
+    "resnet_v1_18": (dict(model_variant="resnet_v1_18", **_RESNET_PLUS), 16_621_973),
+    "resnet_v1_18_beta": (dict(model_variant="resnet_v1_18_beta", **_RESNET_PLUS), 16_603_781),
+    "mobilenet_v3_large_seg": (dict(model_variant="mobilenet_v3_large_seg", **_MNV3_CITYSCAPES),
+                               1_525_230),
+    "mobilenet_v3_small_seg": (dict(model_variant="mobilenet_v3_small_seg", **_MNV3_CITYSCAPES),
+                               477_454),
+    # EdgeTPU-DeepLab(-slim): MobileNetV2's head (image pooling, 1x1 branch, projection).
+    "mobilenet_edgetpu": (dict(model_variant="mobilenet_edgetpu", num_classes=19), 3_643_699),
+    "mobilenet_edgetpu_slim": (dict(model_variant="mobilenet_edgetpu", num_classes=19,
+                                    depth_multiplier=0.75, aspp_convs_filters=128), 1_972_443),
+})
 
 
 def load_vars(name):
-  """`[(checkpoint name, shape tuple)]` of `testdata/reference/vars/<name>.vars.json`."""
-  with open(os.path.join(VARS_DIR, name + ".vars.json")) as f:
+  """`[(checkpoint name, shape tuple)]` of `testdata/{reference/vars,derived_vars}/<name>.vars.json`."""
+  path = os.path.join(VARS_DIR, name + ".vars.json")
+  if not os.path.exists(path):
+    path = os.path.join(DERIVED_VARS_DIR, name + ".vars.json")
+  with open(path) as f:
     return [(n, tuple(int(d) for d in s)) for n, s in json.load(f)]
 
 

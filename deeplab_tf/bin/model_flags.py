@@ -17,8 +17,9 @@ from deeplab_tf.options import ModelOptions
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("model_variant", "mobilenet_v2", "Encoder: xception_41/65/71, resnet_v1_50[_beta], "
-                    "resnet_v1_101[_beta], mobilenet_v2, nas_pnasnet, nas_hnasnet.")
+flags.DEFINE_string("model_variant", "mobilenet_v2", "Encoder: xception_41/65/71, resnet_v1_18[_beta], "
+                    "resnet_v1_50[_beta], resnet_v1_101[_beta], mobilenet_v2, mobilenet_v3_large_seg, "
+                    "mobilenet_v3_small_seg, mobilenet_edgetpu, nas_pnasnet, nas_hnasnet.")
 flags.DEFINE_integer("num_classes", 21, "Number of classes the checkpoint predicts.")
 flags.DEFINE_integer("output_stride", 16, "Input / encoder output resolution: 8, 16 or 32.")
 flags.DEFINE_multi_integer("atrous_rates", None, "ASPP atrous rates, one flag each (6, 12, 18 at "
@@ -30,7 +31,7 @@ flags.DEFINE_boolean("aspp_with_separable_conv", True, "Depthwise-separable ASPP
 flags.DEFINE_boolean("decoder_use_separable_conv", True, "Depthwise-separable decoder convolutions.")
 flags.DEFINE_boolean("add_image_level_feature", True, "ASPP image pooling branch.")
 flags.DEFINE_boolean("aspp_with_batch_norm", True, "Build the ASPP head.")
-flags.DEFINE_float("depth_multiplier", 1.0, "MobileNetV2 width multiplier.")
+flags.DEFINE_float("depth_multiplier", 1.0, "MobileNet (V2, V3, EdgeTPU) width multiplier.")
 flags.DEFINE_integer("divisible_by", None, "MobileNetV2 channel rounding (default 8 at multiplier 1, "
                      "else 1).")
 flags.DEFINE_list("image_pooling_crop_size", None, "height,width of the crop image pooling averages "
@@ -46,6 +47,18 @@ flags.DEFINE_boolean("nas_remove_os32_stride", False, "NAS encoders: no stride i
                      "cells.")
 flags.DEFINE_integer("logits_kernel_size", 1, "Kernel size of the logits convolution.")
 flags.DEFINE_boolean("prediction_with_upsampled_logits", True, "Upsample logits to the input size.")
+# The newest common.py head flags (the MobileNetV3 model-zoo configurations use them).
+flags.DEFINE_boolean("use_bounded_activation", False, "Bounded activations for quantized inference: "
+                     "ReLU6 in the ASPP head and decoder; the bounded Xception (ReLU6, clipping).")
+flags.DEFINE_boolean("aspp_with_concat_projection", True, "ASPP with concat projection.")
+flags.DEFINE_boolean("aspp_with_squeeze_and_excitation", False, "ASPP with squeeze and excitation: the "
+                     "image-pooling branch gates the ASPP output.")
+flags.DEFINE_integer("aspp_convs_filters", 256, "ASPP convolution filters.")
+flags.DEFINE_boolean("decoder_use_sum_merge", False, "Decoder uses simply sum merge.")
+flags.DEFINE_integer("decoder_filters", 256, "Decoder filters.")
+flags.DEFINE_boolean("decoder_output_is_logits", False, "Use decoder output as logits.")
+flags.DEFINE_boolean("image_se_uses_qsigmoid", False, "Use q-sigmoid (relu6(x + 3) * 0.16667) in the "
+                     "squeeze-and-excitation gate.")
 
 # Input resizing (research/deeplab common.py), used by train, eval and vis: deeplab_tf.data.preprocess.
 flags.DEFINE_integer("min_resize_value", None, "Resize every image first so that its smaller side has this "
@@ -103,7 +116,15 @@ def model_options_from_flags() -> ModelOptions:
       nas_use_classification_head=FLAGS.nas_use_classification_head,
       nas_remove_os32_stride=FLAGS.nas_remove_os32_stride,
       logits_kernel_size=FLAGS.logits_kernel_size,
-      prediction_with_upsampled_logits=FLAGS.prediction_with_upsampled_logits)
+      prediction_with_upsampled_logits=FLAGS.prediction_with_upsampled_logits,
+      use_bounded_activation=FLAGS.use_bounded_activation,
+      aspp_with_concat_projection=FLAGS.aspp_with_concat_projection,
+      aspp_with_squeeze_and_excitation=FLAGS.aspp_with_squeeze_and_excitation,
+      aspp_convs_filters=FLAGS.aspp_convs_filters,
+      decoder_use_sum_merge=FLAGS.decoder_use_sum_merge,
+      decoder_filters=FLAGS.decoder_filters,
+      decoder_output_is_logits=FLAGS.decoder_output_is_logits,
+      image_se_uses_qsigmoid=FLAGS.image_se_uses_qsigmoid)
 
 
 def override_model_options(options: ModelOptions) -> ModelOptions:

@@ -1,10 +1,17 @@
 """Atrous Spatial Pyramid Pooling with image-level features (DeepLabv3, section 3.3).
 
 As research/deeplab builds it (`model.py`, `extract_features`): an image-pooling branch (average pool,
-1x1 conv 256 + BN + ReLU, bilinear resize back), a 1x1 branch `aspp0`, one 3x3 atrous branch per rate
+1x1 conv + BN + ReLU, bilinear resize back), a 1x1 branch `aspp0`, one 3x3 atrous branch per rate
 (`aspp1..N`, depthwise-separable with BN + ReLU after both halves when `aspp_with_separable_conv`,
-DeepLabv3+ section 3.2), concatenated and projected by `concat_projection` (1x1 conv 256 + BN + ReLU),
-then dropout with keep probability 0.9 during training.
+DeepLabv3+ section 3.2), concatenated and projected by `concat_projection` (1x1 conv + BN + ReLU),
+then dropout with keep probability 0.9 during training. Every conv has `aspp_convs_filters` (256)
+channels.
+
+The newest common.py head flags (MobileNetV3's "Lite R-ASPP", "Searching for MobileNetV3", section
+6.3): `aspp_with_squeeze_and_excitation` turns the image-pooling conv into a gate (bias, no BN,
+sigmoid or `image_se_uses_qsigmoid`'s hard sigmoid) that multiplies the head's output instead of being
+a branch; `aspp_with_concat_projection=False` drops the projection (and its dropout);
+`use_bounded_activation` makes every ReLU a ReLU6.
 """
 
 from __future__ import annotations
@@ -12,11 +19,13 @@ from __future__ import annotations
 import keras
 
 from deeplab_tf.model import layers
+from deeplab_tf.model.activations import activation_layer
 from deeplab_tf.model.layers import BatchNormParams
 from deeplab_tf.options import ModelOptions
 
 # The head's BatchNorm (`model.py`: decay 0.9997, epsilon 1e-5).
 HEAD_BN = BatchNormParams(decay=0.9997, epsilon=1e-5)
+# The default `aspp_convs_filters`.
 ASPP_DEPTH = 256
 
 
@@ -25,18 +34,29 @@ def scale_dimension(dim: int, scale: float) -> int:
   return int((float(dim) - 1.0) * scale + 1.0)
 
 
+def relu_max_value(options: ModelOptions):
+  """The head's ReLU cap: 6 with `use_bounded_activation` (ReLU6), else None (ReLU)."""
+  return 6.0 if options.use_bounded_activation else None
+
+
 def build_aspp(features, options: ModelOptions):
   """Builds ASPP on the encoder output.
 
   Args:
     features: `[batch, h, w, channels]` encoder output (h, w = input size / output_stride, rounded up).
     options: uses `add_image_level_feature`, `image_pooling_crop_size`, `image_pooling_stride`,
-      `output_stride`, `atrous_rates`, `aspp_with_separable_conv`.
+      `output_stride`, `atrous_rates`, `aspp_with_separable_conv`, `aspp_convs_filters`,
+      `aspp_with_concat_projection`, `aspp_with_squeeze_and_excitation`, `image_se_uses_qsigmoid`,
+      `use_bounded_activation`.
 
   Returns:
-    `[batch, h, w, 256]` float tensor.
+    `[batch, h, w, aspp_convs_filters]` float tensor (`[batch, h, w, branches x aspp_convs_filters]`
+    without the concat projection).
   """
+  depth = options.aspp_convs_filters
+  cap = relu_max_value(options)
   branches = []
+  gate = None
   if options.add_image_level_feature:
     if options.image_pooling_crop_size is not None:
       # The original during training: a VALID window as large as the training crop's feature map.
@@ -46,17 +66,31 @@ def build_aspp(features, options: ModelOptions):
                                              padding="valid", name="image_pooling.pool")(features)
     else:
       pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="image_pooling.pool")(features)
-    pooled = layers.conv2d_same(pooled, ASPP_DEPTH, 1, 1, 1, "image_pooling", bn_params=HEAD_BN)
-    branches.append(layers.ResizeLike(name="image_pooling.resize")([pooled, features]))
+    if options.aspp_with_squeeze_and_excitation:
+      pooled = layers.conv2d_same(pooled, depth, 1, 1, 1, "image_pooling", bn_params=None,
+                                  activation=False)
+      kind = "hard_sigmoid" if options.image_se_uses_qsigmoid else "sigmoid"
+      pooled = activation_layer(kind, f"image_pooling.{kind}")(pooled)
+      gate = layers.ResizeLike(name="image_pooling.resize")([pooled, features])
+    else:
+      pooled = layers.conv2d_same(pooled, depth, 1, 1, 1, "image_pooling", bn_params=HEAD_BN,
+                                  relu_max_value=cap)
+      branches.append(layers.ResizeLike(name="image_pooling.resize")([pooled, features]))
 
-  branches.append(layers.conv2d_same(features, ASPP_DEPTH, 1, 1, 1, "aspp0", bn_params=HEAD_BN))
+  branches.append(layers.conv2d_same(features, depth, 1, 1, 1, "aspp0", bn_params=HEAD_BN,
+                                     relu_max_value=cap))
   for i, rate in enumerate(options.atrous_rates or (), 1):
     if options.aspp_with_separable_conv:
-      branches.append(layers.split_separable_conv2d(features, ASPP_DEPTH, f"aspp{i}", rate=rate,
-                                                    bn_params=HEAD_BN))
+      branches.append(layers.split_separable_conv2d(features, depth, f"aspp{i}", rate=rate,
+                                                    bn_params=HEAD_BN, relu_max_value=cap))
     else:
-      branches.append(layers.conv2d_same(features, ASPP_DEPTH, 3, 1, rate, f"aspp{i}",
-                                         bn_params=HEAD_BN))
+      branches.append(layers.conv2d_same(features, depth, 3, 1, rate, f"aspp{i}",
+                                         bn_params=HEAD_BN, relu_max_value=cap))
   x = keras.layers.Concatenate(axis=-1, name="aspp.concat")(branches) if len(branches) > 1 else branches[0]
-  x = layers.conv2d_same(x, ASPP_DEPTH, 1, 1, 1, "concat_projection", bn_params=HEAD_BN)
-  return keras.layers.Dropout(0.1, name="concat_projection_dropout")(x)
+  if options.aspp_with_concat_projection:
+    x = layers.conv2d_same(x, depth, 1, 1, 1, "concat_projection", bn_params=HEAD_BN,
+                           relu_max_value=cap)
+    x = keras.layers.Dropout(0.1, name="concat_projection_dropout")(x)
+  if gate is not None:
+    x = keras.layers.Multiply(name="image_pooling.gate")([x, gate])
+  return x

@@ -90,8 +90,12 @@ def build_deeplab(options: ModelOptions, input_shape=(None, None, 3), input_dtyp
           f"decoder_output_stride={options.decoder_output_stride}: {options.model_variant} provides "
           f"decoder features at output strides {known} only (research/deeplab "
           "networks_to_feature_maps); use one of them or None.")
-    features = build_decoder(features, low_level, options.decoder_use_separable_conv)
-  logits = build_logits(features, options)
+    features = build_decoder(features, low_level, options)
+  # decoder_output_is_logits: the decoder's output is the logits (model.py `_get_logits`).
+  if options.decoder_output_is_logits:
+    logits = keras.layers.Activation("linear", dtype="float32", name="decoder_logits")(features)
+  else:
+    logits = build_logits(features, options)
   if options.prediction_with_upsampled_logits:
     logits = layers.ResizeLike(name="upsample_logits", dtype="float32")([logits, images])
   return keras.Model(images, logits, name=name)

@@ -72,8 +72,9 @@ def batch_norm(x, scope: str, params: BatchNormParams):
       name=scope_to_layer_name(scope + "/BatchNorm"))(x)
 
 
-def relu(x, name: Optional[str] = None):
-  return keras.layers.ReLU(name=scope_to_layer_name(name) if name else None)(x)
+def relu(x, name: Optional[str] = None, max_value: Optional[float] = None):
+  """ReLU, or ReLU6 with `max_value=6` (research/deeplab's `use_bounded_activation`)."""
+  return keras.layers.ReLU(max_value=max_value, name=scope_to_layer_name(name) if name else None)(x)
 
 
 def fixed_padding(x, kernel_size: int, rate: int = 1, name: Optional[str] = None):
@@ -103,7 +104,8 @@ def fixed_padding(x, kernel_size: int, rate: int = 1, name: Optional[str] = None
 
 def conv2d_same(x, filters: int, kernel_size: int, stride: int, rate: int, scope: str, *,
                 bn_params: Optional[BatchNormParams], activation: bool = True,
-                kernel_initializer="glorot_uniform", use_bias: Optional[bool] = None):
+                kernel_initializer="glorot_uniform", use_bias: Optional[bool] = None,
+                relu_max_value: Optional[float] = None):
   """Conv (+ BN) (+ ReLU) with the original's padding: 'SAME' at stride 1, fixed padding otherwise.
 
   Args:
@@ -117,6 +119,7 @@ def conv2d_same(x, filters: int, kernel_size: int, stride: int, rate: int, scope
     activation: ReLU at the end.
     kernel_initializer: Keras initializer of the kernel.
     use_bias: override of the bias (default: a bias exactly when there is no BatchNorm).
+    relu_max_value: 6 makes the activation ReLU6 (`use_bounded_activation`).
 
   Returns:
     `[batch, ceil(height / stride), ceil(width / stride), filters]` tensor.
@@ -134,13 +137,14 @@ def conv2d_same(x, filters: int, kernel_size: int, stride: int, rate: int, scope
   if bn_params is not None:
     x = batch_norm(x, scope, bn_params)
   if activation:
-    x = relu(x, scope + "/relu")
+    x = relu(x, scope + "/relu", relu_max_value)
   return x
 
 
 def depthwise_conv2d_same(x, kernel_size: int, stride: int, rate: int, scope: str, *,
                           bn_params: Optional[BatchNormParams], activation: bool,
-                          depthwise_initializer="glorot_uniform"):
+                          depthwise_initializer="glorot_uniform",
+                          relu_max_value: Optional[float] = None):
   """Depthwise conv (multiplier 1) + BN (+ ReLU): slim's `separable_conv2d(num_outputs=None)`.
 
   Padding as `conv2d_same`. Returns `[batch, ceil(height / stride), ceil(width / stride), channels]`.
@@ -157,18 +161,20 @@ def depthwise_conv2d_same(x, kernel_size: int, stride: int, rate: int, scope: st
   if bn_params is not None:
     x = batch_norm(x, scope, bn_params)
   if activation:
-    x = relu(x, scope + "/relu")
+    x = relu(x, scope + "/relu", relu_max_value)
   return x
 
 
 def split_separable_conv2d(x, filters: int, scope: str, *, kernel_size: int = 3, stride: int = 1,
                            rate: int = 1, bn_params: BatchNormParams, activation: bool = True,
-                           depthwise_initializer=None, pointwise_initializer=None):
+                           depthwise_initializer=None, pointwise_initializer=None,
+                           relu_max_value: Optional[float] = None):
   """DeepLab's separable conv: `<scope>_depthwise` (+BN[+ReLU]) then `<scope>_pointwise` 1x1 (+BN[+ReLU]).
 
   `activation=True` is the head's form (ASPP branches, decoder: BN + ReLU after both halves,
   `core/utils.py` `split_separable_conv2d`, with its initialisers: truncated normal 0.33 and 0.06);
   `activation=False` is Xception's pre-activation form (BN only, `core/xception.py`).
+  `relu_max_value=6` makes the activations ReLU6 (`use_bounded_activation`).
 
   Returns:
     `[batch, ceil(height / stride), ceil(width / stride), filters]` tensor.
@@ -178,9 +184,11 @@ def split_separable_conv2d(x, filters: int, scope: str, *, kernel_size: int = 3,
   if pointwise_initializer is None:
     pointwise_initializer = keras.initializers.TruncatedNormal(stddev=0.06)
   x = depthwise_conv2d_same(x, kernel_size, stride, rate, scope + "_depthwise", bn_params=bn_params,
-                            activation=activation, depthwise_initializer=depthwise_initializer)
+                            activation=activation, depthwise_initializer=depthwise_initializer,
+                            relu_max_value=relu_max_value)
   return conv2d_same(x, filters, 1, 1, 1, scope + "_pointwise", bn_params=bn_params,
-                     activation=activation, kernel_initializer=pointwise_initializer)
+                     activation=activation, kernel_initializer=pointwise_initializer,
+                     relu_max_value=relu_max_value)
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")
