@@ -16,6 +16,8 @@ T = TypeVar("T", bound="_JsonOptions")
 
 # Output strides the encoders support: research/deeplab uses 8, 16 (and 32 without atrous convolution).
 VALID_OUTPUT_STRIDES = (8, 16, 32)
+# research/deeplab common.py `--batch_norm_decay` default: at it, every BatchNorm keeps the original's decay.
+ORIGINAL_BATCH_NORM_DECAY = 0.9997
 
 
 def _as_tuple(value):
@@ -207,9 +209,11 @@ class TrainOptions(_JsonOptions):
 
   Attributes:
     train_crop_size: (height, width) of training crops in pixels; 513x513 in the papers.
-    train_batch_size: global batch size (split across replicas); 16 in DeepLabv3, section 4.1.
+    train_batch_size: global batch size (split across replicas); 8, research/deeplab train.py's default
+      (the papers train at 16, DeepLabv3 section 4.1; the experiments' flagfiles set it).
     training_number_of_steps: total optimizer steps.
-    base_learning_rate: initial learning rate (0.007 for trainaug, 1e-4 to fine-tune).
+    base_learning_rate: initial learning rate; 1e-4, research/deeplab train.py's default (for fine-tuning;
+      the papers' 0.007 on train_aug is set by the experiments' flagfiles).
     learning_policy: 'poly', 'step' or 'cosine'.
     learning_power: exponent of the poly schedule (0.9).
     learning_rate_decay_step, learning_rate_decay_factor: for the 'step' policy.
@@ -218,6 +222,9 @@ class TrainOptions(_JsonOptions):
     weight_decay: L2 weight decay on convolution kernels (4e-5 for Xception/MobileNet, 1e-4 ResNet).
     fine_tune_batch_norm: train BatchNorm (True at batch >= 12); False freezes it in inference mode.
     min_scale_factor, max_scale_factor, scale_factor_step_size: random scaling of training images.
+    min_resize_value, max_resize_value, resize_factor, keep_aspect_ratio: resize every training image
+      (and label) into a size range before the random scaling, as research/deeplab's common.py flags
+      (`deeplab_tf.data.preprocess.resize_to_range`); None: no resize.
     top_k_percent_pixels: hard pixel mining: keep this fraction of the highest pixel losses (1.0 = all).
     hard_example_mining_step: steps over which top-k mining is ramped in from all pixels.
     upsample_logits: compute the loss on logits upsampled to the label size (True) or on labels
@@ -229,8 +236,9 @@ class TrainOptions(_JsonOptions):
     log_steps: print progress every this many steps.
     slow_start_burnin_type: 'none' (constant `slow_start_learning_rate` for `slow_start_step` steps, the
       original's default) or 'linear' (ramp linearly from it to `base_learning_rate`).
-    class_weights: per-class loss weights, one per class (the original's `loss_weight` list in
-      `train_utils.add_softmax_cross_entropy_loss_for_each_scale`); None weights every class 1.
+    label_weights: per-class loss weights, one per class (research/deeplab common.py `--label_weights`,
+      the `loss_weight` list of `train_utils.add_softmax_cross_entropy_loss_for_each_scale`); None
+      weights every class 1.
     tf_initial_checkpoint: weights to start from when the log directory has no checkpoint yet: a
       `.keras` / `.weights.h5` file, one of our TF2 checkpoints (prefix or log directory) or a
       research/deeplab model-zoo TF1 checkpoint prefix.
@@ -243,17 +251,18 @@ class TrainOptions(_JsonOptions):
     sync_batch_norm: synchronise BatchNorm batch statistics across replicas.
     save_summaries_images: also write image, label and prediction image summaries.
     seed: random seed of the model initialisation and of the input pipeline; None is unseeded.
-    batch_norm_decay: overrides the decay (Keras momentum) of every BatchNorm moving average; None keeps
-      the original's (0.9997 in Xception and the head, DeepLabv3 section 4.1). Not a research/deeplab
-      flag: at 0.9997 the moving statistics need thousands of steps to forget their initial values, so
-      a run of a few hundred steps from scratch (our demo) predicts from statistics it never learned;
-      0.9 or 0.99 fits such short runs.
+    batch_norm_decay: research/deeplab common.py `--batch_norm_decay` (default 0.9997). At 0.9997
+      every BatchNorm keeps the original's decay (0.9997 in Xception, MobileNet and the head, DeepLabv3
+      section 4.1; ResNet's own 0.95); any other value sets the decay (Keras momentum) of every
+      BatchNorm moving average. At 0.9997 the moving statistics need thousands of steps to forget their
+      initial values, so a run of a few hundred steps from scratch (our demo) predicts from statistics
+      it never learned; 0.9 or 0.99 fits such short runs.
   """
 
   train_crop_size: Tuple[int, int] = (513, 513)
-  train_batch_size: int = 16
+  train_batch_size: int = 8
   training_number_of_steps: int = 30000
-  base_learning_rate: float = 0.007
+  base_learning_rate: float = 1e-4
   learning_policy: str = "poly"
   learning_power: float = 0.9
   learning_rate_decay_step: int = 2000
@@ -275,7 +284,7 @@ class TrainOptions(_JsonOptions):
   max_to_keep: int = 5
   log_steps: int = 10
   slow_start_burnin_type: str = "none"
-  class_weights: Optional[Tuple[float, ...]] = None
+  label_weights: Optional[Tuple[float, ...]] = None
   tf_initial_checkpoint: Optional[str] = None
   initialize_last_layer: bool = True
   last_layers_contain_logits_only: bool = False
@@ -283,13 +292,22 @@ class TrainOptions(_JsonOptions):
   sync_batch_norm: bool = False
   save_summaries_images: bool = False
   seed: Optional[int] = None
-  batch_norm_decay: Optional[float] = None
+  batch_norm_decay: float = ORIGINAL_BATCH_NORM_DECAY
+  min_resize_value: Optional[int] = None
+  max_resize_value: Optional[int] = None
+  resize_factor: Optional[int] = None
+  keep_aspect_ratio: bool = True
+
+  @property
+  def batch_norm_decay_override(self) -> Optional[float]:
+    """`batch_norm_decay` when it differs from the original's default, else None (keep every BN's own)."""
+    return None if self.batch_norm_decay == ORIGINAL_BATCH_NORM_DECAY else self.batch_norm_decay
 
   def __post_init__(self):
     object.__setattr__(self, "train_crop_size", _as_tuple(self.train_crop_size))
-    if self.batch_norm_decay is not None and not 0.0 <= self.batch_norm_decay < 1.0:
+    if not 0.0 <= self.batch_norm_decay < 1.0:
       raise ValueError(f"batch_norm_decay={self.batch_norm_decay}: expected a value in [0, 1), e.g. 0.9.")
-    object.__setattr__(self, "class_weights", _as_tuple(self.class_weights))
+    object.__setattr__(self, "label_weights", _as_tuple(self.label_weights))
     if len(self.train_crop_size) != 2 or min(self.train_crop_size) < 1:
       raise ValueError(f"train_crop_size={self.train_crop_size}: expected (height, width) in pixels.")
     if self.train_batch_size < 1:
@@ -304,8 +322,8 @@ class TrainOptions(_JsonOptions):
     if self.mixed_precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
       raise ValueError(f"mixed_precision={self.mixed_precision!r}: expected 'float32', "
                        "'mixed_bfloat16' or 'mixed_float16'.")
-    if self.class_weights is not None and min(self.class_weights, default=0.0) < 0:
-      raise ValueError(f"class_weights={self.class_weights}: expected non-negative weights.")
+    if self.label_weights is not None and min(self.label_weights, default=0.0) < 0:
+      raise ValueError(f"label_weights={self.label_weights}: expected non-negative weights.")
     if self.training_number_of_steps < 1:
       raise ValueError(
           f"training_number_of_steps={self.training_number_of_steps}: expected at least 1.")

@@ -134,13 +134,16 @@ def main(argv):
   train_seconds = _run("train", ["deeplab_tf.bin.train", f"--flagfile={FLAGS.train_flagfile}",
                                  f"--train_logdir={paths['train']}", *common, "--progress_bar"], steps)
   _run("eval", ["deeplab_tf.bin.eval", f"--checkpoint_dir={paths['train']}", *common,
-                "--eval_split=val", "--eval_crop_size=", f"--eval_logdir={paths['eval']}"], steps)
+                "--eval_split=val", "--eval_crop_size=", f"--eval_logdir={paths['eval']}",
+                "--max_number_of_evaluations=1"], steps)
   _run("vis held-out tiles", ["deeplab_tf.bin.vis", f"--checkpoint_dir={paths['train']}", *common,
                               "--vis_split=val", "--vis_crop_size=", f"--vis_logdir={paths['vis_val']}",
-                              "--also_save_raw_predictions"], steps)
+                              "--also_save_raw_predictions", "--colormap_type=dataset",
+                              "--max_number_of_iterations=1"], steps)
   _run("vis VOC photos", ["deeplab_tf.bin.vis", f"--checkpoint_dir={paths['train']}",
                           "--dataset=pascal_voc_seg", f"--dataset_dir={paths['voc_data']}",
-                          "--vis_split=trainval", "--vis_crop_size=", f"--vis_logdir={paths['vis_voc']}"],
+                          "--vis_split=trainval", "--vis_crop_size=", f"--vis_logdir={paths['vis_voc']}",
+                          "--max_number_of_iterations=1"],
        steps)
   _run("export", ["deeplab_tf.bin.export_model", f"--checkpoint_dir={paths['train']}",
                   f"--export_path={paths['export']}"], steps)

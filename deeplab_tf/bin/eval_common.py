@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import tensorflow as tf
 from absl import flags
 
-from deeplab_tf.bin import model_flags  # noqa: F401  (defines --checkpoint_path)
+from deeplab_tf.bin import model_flags
 from deeplab_tf.evaluation.crf import CrfOptions
 from deeplab_tf.options import EvalOptions
 
@@ -29,6 +29,9 @@ flags.DEFINE_multi_float("eval_scales", [1.0], "Scales whose softmax probabiliti
 flags.DEFINE_boolean("add_flipped_images", False, "Also average over left-right flipped images.")
 flags.DEFINE_boolean("sliding_window", False, "Predict images larger than the eval crop window by window.")
 flags.DEFINE_float("sliding_window_overlap", 1.0 / 3.0, "Minimum overlap fraction of sliding windows.")
+flags.DEFINE_integer("eval_interval_secs", 300, "Seconds between checks for a new checkpoint in "
+                     "--checkpoint_dir.")
+flags.DEFINE_integer("eval_timeout_secs", None, "Stop waiting for a new checkpoint after this long.")
 # DeepLabv2's dense CRF post-processing (deeplab_tf.evaluation.crf; needs deeplab_tf[crf]).
 flags.DEFINE_integer("crf_iterations", 0, "Mean-field iterations of DeepLabv2's dense CRF on each "
                      "prediction; 0 (default) turns the CRF off, DeepLabv2 uses 10.")
@@ -58,6 +61,14 @@ def parse_crop_size(values: Optional[Sequence[str]], flag_name: str) -> Optional
   return size
 
 
+def resize_from_flags() -> dict:
+  """The resize keyword arguments of `build_dataset` from the flags (raises ValueError naming a bad one)."""
+  from deeplab_tf.data.preprocess import check_resize_values  # pylint: disable=import-outside-toplevel
+  check_resize_values(FLAGS.min_resize_value, FLAGS.max_resize_value, FLAGS.resize_factor)
+  return dict(min_resize_value=FLAGS.min_resize_value, max_resize_value=FLAGS.max_resize_value,
+              resize_factor=FLAGS.resize_factor, keep_aspect_ratio=FLAGS.keep_aspect_ratio)
+
+
 def eval_options_from_flags(crop_size: Optional[Tuple[int, int]]) -> EvalOptions:
   return EvalOptions(eval_crop_size=crop_size, eval_scales=tuple(FLAGS.eval_scales),
                      add_flipped_images=FLAGS.add_flipped_images, sliding_window=FLAGS.sliding_window,
@@ -82,12 +93,40 @@ def checkpoint_from_flags() -> str:
 
 
 def load_model_from_flags(path: str):
-  """`(model, model_options)` of a checkpoint, with --model_options_json if given."""
-  from deeplab_tf import model_io  # the lead's loader
-  options = None
-  if FLAGS.model_options_json:
-    options = model_io.load_model_options(FLAGS.model_options_json)
-  return model_io.load_model(path, options)
+  """`(model, model_options)` of a checkpoint: the options of --model_options_json, else those beside the
+  checkpoint, with the model flags given explicitly (e.g. --output_stride=8) in their place."""
+  from deeplab_tf import io_utils, model_io  # pylint: disable=import-outside-toplevel
+  if path.endswith(".keras"):
+    return model_io.load_model(path, model_io.load_model_options(FLAGS.model_options_json)
+                               if FLAGS.model_options_json else None)
+  options = model_io.load_model_options(FLAGS.model_options_json or (
+      path if io_utils.isdir(path) else model_io.resolve_checkpoint(path)))
+  return model_io.load_model(path, model_flags.override_model_options(options))
+
+
+def iterate_checkpoints(max_number: int) -> Iterator[str]:
+  """The checkpoints to evaluate or visualise, as research/deeplab's eval.py and vis.py loop over them.
+
+  --checkpoint_path: that checkpoint, once. Otherwise the checkpoints of --checkpoint_dir: with
+  `max_number` 1 its latest, else each new one as it appears (the latest first, then every
+  --eval_interval_secs), `max_number` of them (0 or less: forever, or until --eval_timeout_secs passes
+  without a new one).
+
+  Raises:
+    ValueError: neither flag given.
+  """
+  from deeplab_tf.model_io import resolve_checkpoint  # pylint: disable=import-outside-toplevel
+  path = checkpoint_from_flags()
+  if FLAGS.checkpoint_path or max_number == 1:
+    yield path if path.endswith(".keras") else resolve_checkpoint(path)  # a log directory's latest ckpt-N
+    return
+  done = 0
+  for prefix in tf.train.checkpoints_iterator(FLAGS.checkpoint_dir, min_interval_secs=FLAGS.eval_interval_secs,
+                                              timeout=FLAGS.eval_timeout_secs):
+    yield prefix
+    done += 1
+    if 0 < max_number <= done:
+      return
 
 
 def split_pattern(dataset_dir: Optional[str], split: str, flag_name: str) -> str:

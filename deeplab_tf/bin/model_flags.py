@@ -1,12 +1,17 @@
 """research/deeplab's model flags (`common.py`), shared by the binaries that build a model.
 
-Importing this module defines the flags; `model_options_from_flags()` turns them into `ModelOptions`.
+Importing this module defines the flags (and, through `deeplab_tf.bin.original_flags`, the original's
+spellings we refuse); `model_options_from_flags()` turns them into `ModelOptions`, and
+`override_model_options()` applies the model flags given explicitly to options read from a checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import flags
 
+from deeplab_tf.bin import original_flags  # noqa: F401  (defines the original's refused spellings)
 from deeplab_tf.model.dense_prediction_cell import load_dense_prediction_cell_config
 from deeplab_tf.options import ModelOptions
 
@@ -54,6 +59,15 @@ flags.DEFINE_integer("decoder_filters", 256, "Decoder filters.")
 flags.DEFINE_boolean("decoder_output_is_logits", False, "Use decoder output as logits.")
 flags.DEFINE_boolean("image_se_uses_qsigmoid", False, "Use q-sigmoid (relu6(x + 3) * 0.16667) in the "
                      "squeeze-and-excitation gate.")
+
+# Input resizing (research/deeplab common.py), used by train, eval and vis: deeplab_tf.data.preprocess.
+flags.DEFINE_integer("min_resize_value", None, "Resize every image first so that its smaller side has this "
+                     "many pixels (unless --max_resize_value caps the larger side); unset: no resize.")
+flags.DEFINE_integer("max_resize_value", None, "Largest allowed size of the larger side after resizing "
+                     "(needs --min_resize_value).")
+flags.DEFINE_integer("resize_factor", None, "Resized sides are a multiple of this plus one.")
+flags.DEFINE_boolean("keep_aspect_ratio", True, "Keep the aspect ratio when resizing; False resizes to a "
+                     "square of the larger side.")
 
 flags.DEFINE_boolean("overwrite", False, "Replace existing outputs (export, converted model) once the "
                      "new ones are complete.")
@@ -111,3 +125,19 @@ def model_options_from_flags() -> ModelOptions:
       decoder_filters=FLAGS.decoder_filters,
       decoder_output_is_logits=FLAGS.decoder_output_is_logits,
       image_se_uses_qsigmoid=FLAGS.image_se_uses_qsigmoid)
+
+
+def override_model_options(options: ModelOptions) -> ModelOptions:
+  """`options` with every model flag given explicitly on the command line in its place.
+
+  research/deeplab's eval.py and vis.py build the model from their flags, so an evaluation may use
+  another output_stride or atrous_rates than training did; ours read the architecture beside the
+  checkpoint, and the model flags given explicitly take precedence.
+
+  Raises:
+    ValueError: naming a bad flag.
+  """
+  flagged = model_options_from_flags()
+  changes = {field.name: getattr(flagged, field.name) for field in dataclasses.fields(ModelOptions)
+             if field.name in FLAGS and FLAGS[field.name].present}
+  return options.replace(**changes) if changes else options

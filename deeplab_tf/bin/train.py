@@ -29,8 +29,6 @@ flags.DEFINE_string("train_logdir", None, "Where checkpoints, model_options.json
 flags.DEFINE_integer("log_steps", 10, "Log loss, learning rate, steps/s and ETA every this many steps.")
 flags.DEFINE_integer("save_interval_steps", 1000, "Checkpoint every this many steps (and on SIGTERM).")
 flags.DEFINE_integer("save_summaries_steps", 100, "TensorBoard scalars every this many steps.")
-flags.DEFINE_integer("save_summaries_secs", None, "research/deeplab's time-based interval; not used "
-                     "(summaries are step-based here): give --save_summaries_steps instead.")
 flags.DEFINE_boolean("save_summaries_images", False, "Also write image, label and prediction summaries.")
 flags.DEFINE_integer("max_to_keep", 5, "Checkpoints kept.")
 flags.DEFINE_boolean("progress_bar", False, "A tqdm progress bar instead of a log line every log_steps.")
@@ -38,10 +36,10 @@ flags.DEFINE_boolean("progress_bar", False, "A tqdm progress bar instead of a lo
 flags.DEFINE_string("train_split", "train", "Split to train on ({split}-*.tfrecord in --dataset_dir).")
 flags.DEFINE_list("train_crop_size", ["513", "513"], "Training crop height,width.")
 # Optimisation.
-flags.DEFINE_integer("train_batch_size", 16, "Global batch size, split across replicas.")
+flags.DEFINE_integer("train_batch_size", 8, "Global batch size, split across replicas (the papers: 16).")
 flags.DEFINE_integer("training_number_of_steps", 30000, "Total optimizer steps.")
-flags.DEFINE_float("base_learning_rate", 0.0001, "0.007 on train_aug, 1e-4 (or the paper's 1e-3) to "
-                   "fine-tune.")
+flags.DEFINE_float("base_learning_rate", 0.0001, "Initial learning rate: 0.007 on train_aug, 1e-4 "
+                   "(or the paper's 1e-3) to fine-tune.")
 flags.DEFINE_enum("learning_policy", "poly", ["poly", "step", "cosine"], "Learning-rate policy.")
 flags.DEFINE_float("learning_power", 0.9, "Exponent of the poly policy.")
 flags.DEFINE_integer("learning_rate_decay_step", 2000, "Step policy: decay every this many steps.")
@@ -59,7 +57,8 @@ flags.DEFINE_float("top_k_percent_pixels", 1.0, "Hard pixel mining: fraction of 
 flags.DEFINE_integer("hard_example_mining_step", 0, "Steps over which mining ramps in.")
 flags.DEFINE_boolean("upsample_logits", True, "Loss on logits upsampled to the labels.")
 flags.DEFINE_float("last_layer_gradient_multiplier", 1.0, "Gradient multiplier of the last layers.")
-flags.DEFINE_multi_float("class_weights", None, "Per-class loss weights, one per class.")
+flags.DEFINE_multi_float("label_weights", None, "Per-class loss weights, one flag per class in class "
+                         "order; unset weights every class 1.")
 flags.DEFINE_integer("seed", None, "Random seed of initialisation and augmentation.")
 # Initialisation.
 flags.DEFINE_string("tf_initial_checkpoint", None, "Start from: .keras/.weights.h5, our checkpoint, or a "
@@ -77,8 +76,9 @@ flags.DEFINE_string("validation_split", None, "Also compute mIoU on this split (
                     "which ran eval.py beside training).")
 flags.DEFINE_integer("validation_max_images", 50, "Images of --validation_split used (a subset, so that "
                      "validation stays cheap); 0 = the whole split.")
-flags.DEFINE_float("batch_norm_decay", None, "Override of every BN moving-average decay (default: the "
-                   "original's 0.9997); 0.9-0.99 for runs of a few hundred steps.")
+flags.DEFINE_float("batch_norm_decay", 0.9997, "BatchNorm moving-average decay: at 0.9997 every layer "
+                   "keeps the original's (ResNet's 0.95 included); another value sets every layer's, "
+                   "e.g. 0.9-0.99 for runs of a few hundred steps.")
 
 
 def options_from_flags():
@@ -106,12 +106,14 @@ def options_from_flags():
       save_interval_steps=FLAGS.save_interval_steps,
       save_summaries_steps=FLAGS.save_summaries_steps, max_to_keep=FLAGS.max_to_keep,
       log_steps=FLAGS.log_steps,
-      class_weights=tuple(FLAGS.class_weights) if FLAGS.class_weights else None,
+      label_weights=tuple(FLAGS.label_weights) if FLAGS.label_weights else None,
       tf_initial_checkpoint=FLAGS.tf_initial_checkpoint,
       initialize_last_layer=FLAGS.initialize_last_layer,
       last_layers_contain_logits_only=FLAGS.last_layers_contain_logits_only,
       mixed_precision=FLAGS.mixed_precision, sync_batch_norm=FLAGS.sync_batch_norm,
-      batch_norm_decay=FLAGS.batch_norm_decay,
+      batch_norm_decay=FLAGS.batch_norm_decay, min_resize_value=FLAGS.min_resize_value,
+      max_resize_value=FLAGS.max_resize_value, resize_factor=FLAGS.resize_factor,
+      keep_aspect_ratio=FLAGS.keep_aspect_ratio,
       save_summaries_images=FLAGS.save_summaries_images, seed=FLAGS.seed)
   return model_options, train_options, descriptor
 
@@ -150,8 +152,6 @@ def main(argv):
   del argv
   if not FLAGS.train_logdir:
     raise app.UsageError("--train_logdir is required.")
-  if FLAGS.save_summaries_secs is not None:
-    raise app.UsageError("--save_summaries_secs is not supported; use --save_summaries_steps.")
   try:
     model_options, train_options, descriptor = options_from_flags()
     pattern = eval_common.split_pattern(FLAGS.dataset_dir, FLAGS.train_split, "train_split")

@@ -17,6 +17,7 @@ import dataclasses
 import json
 from typing import Dict, Tuple
 
+import numpy as np
 import tensorflow as tf
 from cityscapesscripts.helpers import labels as cityscapes_labels
 
@@ -59,6 +60,32 @@ PASCAL_VOC_CLASSES = (
 CITYSCAPES_CLASSES = tuple(
     label.name for label in sorted(cityscapes_labels.labels, key=lambda l: l.trainId)
     if 0 <= label.trainId < 255)
+
+# Cityscapes' label id of each train id 0..18, from the same table (research/deeplab vis.py
+# `_CITYSCAPES_TRAIN_ID_TO_EVAL_ID`: 7, 8, 11, ..., 33): the benchmark server scores label ids.
+CITYSCAPES_TRAIN_ID_TO_LABEL_ID = tuple(
+    label.id for label in sorted(cityscapes_labels.labels, key=lambda l: l.trainId)
+    if 0 <= label.trainId < 255)
+
+
+def cityscapes_train_ids_to_label_ids(train_ids):
+  """Maps Cityscapes train ids (what our models predict) to label ids (what its benchmark server scores).
+
+  Args:
+    train_ids: integer array of any shape with values in [0, 19).
+
+  Returns:
+    An array of the same shape and dtype (values 7..33).
+
+  Raises:
+    ValueError: a value outside [0, 19).
+  """
+  train_ids = np.asarray(train_ids)
+  if train_ids.size and (train_ids.min() < 0 or train_ids.max() >= len(CITYSCAPES_TRAIN_ID_TO_LABEL_ID)):
+    raise ValueError(f"Cityscapes train ids must lie in [0, {len(CITYSCAPES_TRAIN_ID_TO_LABEL_ID)}); got "
+                     f"[{train_ids.min()}, {train_ids.max()}].")
+  return np.asarray(CITYSCAPES_TRAIN_ID_TO_LABEL_ID, train_ids.dtype)[train_ids]
+
 
 # ADE20K SceneParsing (objectInfo150.csv, first name of each entry), preceded by id 0 "other" which the
 # original ignores (ignore_label 0, 151 classes).

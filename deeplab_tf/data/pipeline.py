@@ -162,7 +162,10 @@ def build_dataset(file_pattern: Union[str, Sequence[str], None], *, is_training:
                   input_context: Optional[tf.distribute.InputContext] = None, seed: Optional[int] = None,
                   tfds_name: Optional[str] = None, tfds_split: Optional[str] = None,
                   tfds_data_dir: Optional[str] = None, tfds_keys: Optional[Tuple[str, str]] = None,
-                  num_classes: Optional[int] = None) -> tf.data.Dataset:
+                  min_resize_value: Optional[int] = None, max_resize_value: Optional[int] = None,
+                  resize_factor: Optional[int] = None, keep_aspect_ratio: bool = True,
+                  num_classes: Optional[int] = None
+                  ) -> tf.data.Dataset:
   """Batches of preprocessed examples from TFRecord shards or from a prepared tfds dataset.
 
   Training (`is_training=True`): random scale in {min, min+step, ..., max}, pad with mean pixel /
@@ -193,21 +196,29 @@ def build_dataset(file_pattern: Union[str, Sequence[str], None], *, is_training:
     tfds_data_dir: the tfds data directory (default: tfds' own).
     tfds_keys: (image feature, label feature) of the tfds dataset; known for `scene_parse150` and
       `cityscapes` (whose label ids are mapped to the 19 train ids), else ("image", "segmentation_mask").
+    min_resize_value: resize every image (and label) first into a size range, training and evaluation
+      alike, as research/deeplab's flag of the same name (`preprocess.resize_to_range`); None: no resize.
+    max_resize_value: see `preprocess.resize_to_range` (`max_size`).
+    resize_factor: see `preprocess.resize_to_range` (`factor`).
+    keep_aspect_ratio: see `preprocess.resize_to_range`.
     num_classes: the model's number of classes; when given, every batch's labels are checked to be in
       [0, num_classes) or `ignore_label` (`check_label_range`), so that a wrong `--num_classes` stops
       at the first bad batch with a message naming the split and the values.
 
   Returns:
     A dataset of dicts: "image" float32 [b, h, w, 3] RGB in [0, 255]; "label" int32 [b, h, w, 1];
-    "image_name" string [b]; "height", "width" int32 [b], the size before scaling and padding.
+    "image_name" string [b]; "height", "width" int32 [b], the size before resizing, scaling and padding.
 
   Raises:
     ValueError: if no file matches, crop_size is missing when training, batch_size > 1 in evaluation
-      without crop_size, both or neither of file_pattern and tfds_name are given, or scale factors are
-      inconsistent.
+      without crop_size, both or neither of file_pattern and tfds_name are given, or scale factors or
+      resize values are inconsistent.
     tf.errors.InvalidArgumentError: while iterating, a label outside [0, num_classes) other than
       ignore_label (only when `num_classes` is given).
   """
+  resize = dict(min_resize_value=min_resize_value, max_resize_value=max_resize_value,
+                resize_factor=resize_factor, keep_aspect_ratio=keep_aspect_ratio)
+  preprocess.check_resize_values(min_resize_value, max_resize_value, resize_factor)
   if (file_pattern is None) == (tfds_name is None):
     raise ValueError("Give exactly one of file_pattern (TFRecord shards) and tfds_name (a prepared "
                      f"tensorflow-datasets dataset); got file_pattern={file_pattern!r}, tfds_name={tfds_name!r}.")
@@ -241,13 +252,13 @@ def build_dataset(file_pattern: Union[str, Sequence[str], None], *, is_training:
     image, label = preprocess.preprocess_for_train(
         example["image"], example["label"], crop_size=crop_size, ignore_label=ignore_label,
         mean_pixel=mean_pixel, min_scale_factor=min_scale_factor, max_scale_factor=max_scale_factor,
-        scale_factor_step_size=scale_factor_step_size, seed=element_seed)
+        scale_factor_step_size=scale_factor_step_size, seed=element_seed, **resize)
     return dict(example, image=image, label=label)
 
   def eval_map(example: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     image, label = preprocess.preprocess_for_eval(
         example["image"], example["label"], crop_size=crop_size, ignore_label=ignore_label,
-        mean_pixel=mean_pixel, image_name=example["image_name"])
+        mean_pixel=mean_pixel, image_name=example["image_name"], **resize)
     return dict(example, image=image, label=label)
 
   if is_training:

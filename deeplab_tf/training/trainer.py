@@ -212,7 +212,10 @@ def file_pattern_dataset_fn(file_pattern: str, model_options: ModelOptions,
         min_scale_factor=train_options.min_scale_factor,
         max_scale_factor=train_options.max_scale_factor,
         scale_factor_step_size=train_options.scale_factor_step_size,
-        input_context=input_context, seed=train_options.seed, num_classes=model_options.num_classes)
+        min_resize_value=train_options.min_resize_value, max_resize_value=train_options.max_resize_value,
+        resize_factor=train_options.resize_factor, keep_aspect_ratio=train_options.keep_aspect_ratio,
+        input_context=input_context, seed=train_options.seed,
+        num_classes=model_options.num_classes)
   return dataset_fn
 
 
@@ -302,9 +305,9 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
   if train_options.train_batch_size % num_replicas:
     raise ValueError(f"train_batch_size={train_options.train_batch_size}: expected a multiple of the "
                      f"{num_replicas} replicas.")
-  if train_options.class_weights is not None and len(train_options.class_weights) != (
+  if train_options.label_weights is not None and len(train_options.label_weights) != (
       model_options.num_classes):
-    raise ValueError(f"class_weights={train_options.class_weights}: expected "
+    raise ValueError(f"label_weights={train_options.label_weights}: expected "
                      f"num_classes={model_options.num_classes} weights.")
   chief = strategy_lib.is_chief(strategy)
   multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -325,8 +328,8 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
       strategy_lib.freeze_batch_norm(model)
     if train_options.sync_batch_norm:
       strategy_lib.set_batch_norm_synchronized(model, True)
-    if train_options.batch_norm_decay is not None:
-      strategy_lib.set_batch_norm_decay(model, train_options.batch_norm_decay)
+    if train_options.batch_norm_decay_override is not None:
+      strategy_lib.set_batch_norm_decay(model, train_options.batch_norm_decay_override)
     schedule = learning_rate_schedule(train_options)
     optimizer = MomentumOptimizer(learning_rate=schedule, momentum=train_options.momentum)
     if train_options.mixed_precision == "mixed_float16":
@@ -375,7 +378,7 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
       logits = model(images, training=True)
       cross_entropy = losses.softmax_cross_entropy_loss(
           logits, labels, num_classes=model_options.num_classes, ignore_label=ignore_label,
-          class_weights=train_options.class_weights,
+          class_weights=train_options.label_weights,
           upsample_logits=train_options.upsample_logits,
           top_k_percent_pixels=train_options.top_k_percent_pixels,
           hard_example_mining_step=train_options.hard_example_mining_step, step=global_step)

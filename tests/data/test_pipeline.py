@@ -135,3 +135,25 @@ def test_labels_outside_num_classes_stop_with_the_split_flag_and_value(tmp_path)
   # Without num_classes nothing is checked.
   ds = pipeline.build_dataset(pattern, is_training=False, crop_size=None, batch_size=1, ignore_label=255)
   assert len(list(ds)) == 4
+
+
+def test_eval_resizes_to_range_and_keeps_the_original_size(tmp_path):
+  pattern = _write_shards(tmp_path)
+  batches = list(pipeline.build_dataset(pattern, is_training=False, crop_size=None, batch_size=1,
+                                        ignore_label=255, min_resize_value=12, max_resize_value=20))
+  # 20x30 -> 12x18; 24x16 -> 18x12; 18x18 -> 12x12; 10x12 -> 12x14 (12 * 12/10 = 14.4)
+  assert [tuple(b["label"].shape[1:3]) for b in batches] == [(12, 18), (18, 12), (12, 12), (12, 14)]
+  np.testing.assert_array_equal([int(b["height"][0]) for b in batches], [20, 24, 18, 10])
+  with pytest.raises(ValueError, match="--min_resize_value"):
+    pipeline.build_dataset(pattern, is_training=False, crop_size=None, batch_size=1, ignore_label=255,
+                           max_resize_value=20)
+
+
+def test_training_resizes_to_range_before_cropping(tmp_path):
+  # every image resized so that its smaller side is 12 (at most 18 on the larger): 20x30 -> 12x18,
+  # 24x16 -> 18x12, 18x18 -> 12x12, 10x12 -> 12x14; without random scaling a 12x12 crop never pads
+  ds = pipeline.build_dataset(_write_shards(tmp_path), is_training=True, crop_size=(12, 12), batch_size=4,
+                              ignore_label=255, seed=1, min_scale_factor=1.0, max_scale_factor=1.0,
+                              min_resize_value=12, max_resize_value=18)
+  batch = next(iter(ds))
+  assert not np.any(batch["label"].numpy() == 255)

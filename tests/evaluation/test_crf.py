@@ -1,8 +1,10 @@
 """DeepLabv2's dense CRF: it snaps a blurred boundary to the colour edge, keeps what it should, names bad
 input, and runs inside evaluate_dataset on the unpadded image only."""
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 pytest.importorskip("pydensecrf.densecrf", reason="the optional extra deeplab_tf[crf] (pydensecrf2)")
 
@@ -64,14 +66,16 @@ def test_bad_input_is_named():
   assert crf.CrfOptions.from_json(crf.CrfOptions(bi_w=5.0).to_json()) == crf.CrfOptions(bi_w=5.0)
 
 
-class _Constant:
-  """A stand-in model returning fixed logits (log-probabilities) of the padded input's size."""
-
-  def __init__(self, logits):
-    self.logits = logits
-
-  def __call__(self, images, training=False):
-    return self.logits[:, :images.shape[1], :images.shape[2]]
+def _column_logits_model(blur_edge=37.5):
+  """A Keras model (output stride 1) whose logits depend only on the pixel's column, so that their
+  softmax is `_two_regions`' probabilities at every column of the image and its padding."""
+  def logits(images):
+    columns = tf.cast(tf.range(tf.shape(images)[2]), tf.float32)
+    class_1 = tf.broadcast_to(((columns - blur_edge) / 3.0)[None, None, :, None],
+                              tf.concat([tf.shape(images)[:3], [1]], 0))
+    return tf.concat([tf.zeros_like(class_1), class_1], -1)
+  images = keras.Input((None, None, 3))
+  return keras.Model(images, keras.layers.Lambda(logits)(images))
 
 
 def test_evaluate_dataset_refines_the_image_inside_its_padding():
@@ -84,7 +88,7 @@ def test_evaluate_dataset_refines_the_image_inside_its_padding():
   label = np.full((1, 48, 64, 1), 255, np.int32)
   label[0, :40, :60, 0] = truth
   batch = {"image": padded_image, "label": label, "height": np.array([40]), "width": np.array([60])}
-  model = _Constant(logits)
+  model = _column_logits_model()
   plain = evaluate_dataset(model, [batch], EvalOptions(), num_classes=2, ignore_label=255,
                            mean_pixel=(127.5,) * 3)
   refined = evaluate_dataset(model, [batch], EvalOptions(), num_classes=2, ignore_label=255,

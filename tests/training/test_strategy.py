@@ -95,3 +95,6 @@ def test_batch_norm_decay_override_sets_the_moving_average_rate():
   np.testing.assert_allclose(bn.moving_mean.numpy(), 0.75 * batch_mean, rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match="batch_norm_decay"):
     TrainOptions(batch_norm_decay=1.0)
+  # the original's default keeps every layer's own decay (ResNet's 0.95 included); others override
+  assert TrainOptions().batch_norm_decay == 0.9997 and TrainOptions().batch_norm_decay_override is None
+  assert TrainOptions(batch_norm_decay=0.9).batch_norm_decay_override == 0.9
