@@ -64,7 +64,8 @@ def checkpoint_from_flags() -> str:
 
 def load_model_from_flags(path: str):
   """`(model, model_options)` of a checkpoint, with --model_options_json if given."""
-  from deeplab_tf import model_io  # the lead's loader
+  # Imported here: model_io pulls in Keras and the models, which parsing the flags does not need.
+  from deeplab_tf import model_io  # pylint: disable=import-outside-toplevel
   options = None
   if FLAGS.model_options_json:
     options = model_io.load_model_options(FLAGS.model_options_json)

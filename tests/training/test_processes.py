@@ -10,7 +10,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from deeplab_tf.options import ModelOptions
+from deeplab_tf.options import ModelOptions, TrainOptions
 from deeplab_tf.training import trainer
 
 import helpers
@@ -48,7 +48,7 @@ def _weights(path):
 
 def _reference_weights(logdir, options):
   images, labels = helpers.examples()
-  result = trainer.train(MODEL, trainer.TrainOptions.from_dict(options),
+  result = trainer.train(MODEL, TrainOptions.from_dict(options),
                          helpers.dataset_fn_for(options["train_batch_size"], images, labels),
                          str(logdir), model_fn=helpers.tiny_model)
   return [v.numpy() for v in result.model.weights]

@@ -85,7 +85,8 @@ EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "..", "experiments")
 def test_experiment_flagfiles(parse_flags, name, expected):
   parse_flags(f"--flagfile={os.path.join(EXPERIMENTS, name + '.flags')}")
   model, train, _ = train_bin.options_from_flags()
-  assert (model.num_classes, model.output_stride, model.atrous_rates, train.train_crop_size,
-          train.train_batch_size, train.training_number_of_steps, train.base_learning_rate,
-          train.fine_tune_batch_norm) == expected
+  assert (model.num_classes, model.output_stride, model.atrous_rates,
+          train.augmentation.train_crop_size, train.solver.train_batch_size,
+          train.solver.training_number_of_steps, train.solver.base_learning_rate,
+          train.batch_norm.fine_tune_batch_norm) == expected
   assert model.model_variant == "xception_65" and model.decoder_output_stride == 4
