@@ -59,4 +59,4 @@ def build_aspp(features, options: ModelOptions):
                                          bn_params=HEAD_BN))
   x = keras.layers.Concatenate(axis=-1, name="aspp.concat")(branches) if len(branches) > 1 else branches[0]
   x = layers.conv2d_same(x, ASPP_DEPTH, 1, 1, 1, "concat_projection", bn_params=HEAD_BN)
-  return keras.layers.Dropout(0.1, name="concat_projection_dropout")(x)
+  return layers.HashDropout(0.1, name="concat_projection_dropout")(x)
