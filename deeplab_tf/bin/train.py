@@ -146,9 +146,9 @@ def main(argv):
       bar.close()
   for step, values in result.validation:
     logging.info("validation at step %d: %s", step, values)
-  logging.info("%s at step %d, loss %.4f, %.0f s; checkpoint %s",
+  logging.info("%s at step %d (started at step %d), loss %.4f, %.0f s; checkpoint %s",
                "Interrupted" if result.interrupted else "Finished", result.final_step,
-               result.last_loss, result.wall_time_seconds, result.checkpoint_path)
+               result.start_step, result.last_loss, result.wall_time_seconds, result.checkpoint_path)
 
 
 def run():

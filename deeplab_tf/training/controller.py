@@ -32,6 +32,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from deeplab_tf import io_utils
 from deeplab_tf.options import CheckpointOptions
 from deeplab_tf.training import strategy as strategy_lib
 
@@ -72,10 +73,11 @@ def checkpoint_problem(prefix: str) -> Optional[str]:
   """None if every tensor of the checkpoint `prefix` reads back; else what is wrong with it.
 
   Catches a missing index, a truncated or corrupted data file (TensorFlow raises `DataLossError`,
-  `OutOfRangeError` or a raw `IndexError: Read less bytes than requested`).
+  `OutOfRangeError` or a raw `IndexError: Read less bytes than requested`). The reader opens the prefix
+  itself: `tf.train.load_checkpoint` would take a `ram://` prefix for a folder.
   """
   try:
-    reader = tf.train.load_checkpoint(prefix)
+    reader = tf.compat.v1.train.NewCheckpointReader(prefix)
     for name, dtype in reader.get_variable_to_dtype_map().items():
       if dtype != tf.variant:  # e.g. an input iterator's state: not readable into numpy
         reader.get_tensor(name)
@@ -85,10 +87,11 @@ def checkpoint_problem(prefix: str) -> Optional[str]:
 
 
 def _local_free_bytes(directory: str) -> Optional[int]:
-  if "://" in directory:
+  """Free bytes of the local disk holding `directory`; None for other filesystems."""
+  if io_utils.has_scheme(directory):
     return None
   try:
-    return shutil.disk_usage(directory).free
+    return shutil.disk_usage(directory).free  # not-gfile: free space exists only for a local disk
   except OSError:
     return None
 
@@ -140,7 +143,7 @@ class Controller:
     if state and state.model_checkpoint_path not in candidates:
       candidates.append(state.model_checkpoint_path)
     for prefix in reversed(candidates):
-      if not os.path.isabs(prefix) and "://" not in prefix:
+      if not os.path.isabs(prefix) and not io_utils.has_scheme(prefix):
         prefix = os.path.join(self.logdir, prefix)
       problem = checkpoint_problem(prefix)
       if problem is None:
@@ -191,7 +194,7 @@ class Controller:
   def _write_error(self, step: int, error: Exception) -> CheckpointWriteError:
     prefix = os.path.join(self.directory, f"{CHECKPOINT_NAME}-{step}")
     for leftover in tf.io.gfile.glob(prefix + "_temp*") + tf.io.gfile.glob(prefix + ".*"):
-      if tf.io.gfile.isdir(leftover):
+      if io_utils.isdir(leftover):
         tf.io.gfile.rmtree(leftover)
       else:
         tf.io.gfile.remove(leftover)

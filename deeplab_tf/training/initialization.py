@@ -9,6 +9,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+from deeplab_tf import io_utils
 from deeplab_tf.options import InitializationOptions
 from deeplab_tf.training.optimizer import last_layer_variables
 
@@ -31,16 +32,16 @@ def initialize_from_checkpoint(model: keras.Model, options: InitializationOption
       (v, np.array(v.numpy()))
       for v in last_layer_variables(model, options.last_layers_contain_logits_only)]
   if path.endswith((".keras", ".weights.h5", ".h5")):
-    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+    if not tf.io.gfile.exists(path) or io_utils.isdir(path):
       raise FileNotFoundError(f"--tf_initial_checkpoint={path}: no such file.")
     model.load_weights(path, skip_mismatch=not options.initialize_last_layer)
     kind = "keras"
   else:
-    prefix = tf.train.latest_checkpoint(path) if tf.io.gfile.isdir(path) else path
+    prefix = tf.train.latest_checkpoint(path) if io_utils.isdir(path) else path
     if prefix is None or not tf.io.gfile.exists(prefix + ".index"):
       raise FileNotFoundError(f"--tf_initial_checkpoint={path}: not a checkpoint prefix or a "
                               "directory holding one.")
-    reader = tf.train.load_checkpoint(prefix)
+    reader = tf.compat.v1.train.NewCheckpointReader(prefix)
     if reader.has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):
       try:
         tf.train.Checkpoint(model=model).restore(prefix).expect_partial()

@@ -138,7 +138,7 @@ def _input_iterator(strategy, dataset_fn: DatasetFn, checkpoint: tf.train.Checkp
     iterator = iter(strategy_lib.distribute_dataset(strategy, dataset_fn))
     checkpoint.iterator = iterator
     if restored and any(k.startswith("iterator/") for k in
-                        tf.train.load_checkpoint(restored).get_variable_to_shape_map()):
+                        tf.compat.v1.train.NewCheckpointReader(restored).get_variable_to_shape_map()):
       tf.train.Checkpoint(iterator=iterator).read(restored).expect_partial()
     return iterator
   return iter(strategy_lib.distribute_dataset(

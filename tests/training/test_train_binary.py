@@ -90,3 +90,33 @@ def test_experiment_flagfiles(parse_flags, name, expected):
           train.solver.training_number_of_steps, train.solver.base_learning_rate,
           train.batch_norm.fine_tune_batch_norm) == expected
   assert model.model_variant == "xception_65" and model.decoder_output_stride == 4
+
+
+def test_train_binary_on_ram_filesystem_writes_nothing_locally(tmp_path, parse_flags, monkeypatch,
+                                                               caplog):
+  # Shards, checkpoints, options and summaries all on TensorFlow's in-memory filesystem (as on gs://):
+  # a stray local file call would miss the shards or leave a local 'ram:' folder in the cwd.
+  monkeypatch.chdir(tmp_path)
+  data, logdir = "ram://r11_train/data", "ram://r11_train/log"
+  _write_shard(data)
+  common = [f"--dataset_dir={data}", f"--train_logdir={logdir}", "--dataset=pascal_voc_seg",
+            "--model_variant=mobilenet_v2", "--train_crop_size=33,33", "--train_batch_size=2",
+            "--base_learning_rate=0.01", "--seed=1", "--save_interval_steps=1"]
+  parse_flags(*common, "--training_number_of_steps=2")
+  train_bin.main([])
+  assert tf.train.latest_checkpoint(logdir).endswith("ckpt-2")
+  from deeplab_tf import model_io
+  assert model_io.load_model_options(logdir).model_variant == "mobilenet_v2"
+  assert tf.io.gfile.glob(logdir + "/events.out.tfevents.*")
+  # Re-running resumes from ram:// (steps 3..3): ckpt-2 reads back, no fresh start.
+  flags.FLAGS.unparse_flags()
+  parse_flags(*common, "--training_number_of_steps=3")
+  with caplog.at_level("INFO", logger="absl"):
+    train_bin.main([])
+  assert not [r for r in caplog.records if "unreadable" in r.getMessage()]
+  assert any("Finished at step 3 (started at step 2)" in r.getMessage() for r in caplog.records)
+  assert tf.train.latest_checkpoint(logdir).endswith("ckpt-3")
+  assert tf.compat.v1.train.NewCheckpointReader(logdir + "/ckpt-3").get_tensor(
+      "step/.ATTRIBUTES/VARIABLE_VALUE") == 3
+  assert os.listdir(tmp_path) == []
+  tf.io.gfile.rmtree("ram://r11_train")
