@@ -120,3 +120,27 @@ def test_train_binary_on_ram_filesystem_writes_nothing_locally(tmp_path, parse_f
       "step/.ATTRIBUTES/VARIABLE_VALUE") == 3
   assert os.listdir(tmp_path) == []
   tf.io.gfile.rmtree("ram://r11_train")
+
+
+def _checkpoint_bytes(prefix):
+  return sum(tf.io.gfile.stat(f).length for f in tf.io.gfile.glob(prefix + ".*"))
+
+
+def test_checkpoints_hold_weights_and_optimizer_state_not_input_buffers(tmp_path):
+  from deeplab_tf.options import ModelOptions, TrainOptions  # pylint: disable=import-outside-toplevel
+  from deeplab_tf.training import trainer  # pylint: disable=import-outside-toplevel
+  _write_shard(tmp_path / "data")
+  pattern = str(tmp_path / "data" / "train-*.tfrecord")
+  model_options = ModelOptions(model_variant="mobilenet_v2", num_classes=21)
+  options = TrainOptions(train_crop_size=(33, 33), train_batch_size=2, training_number_of_steps=2,
+                         save_interval_steps=2, seed=1)
+  result = trainer.train(model_options, options, pattern, str(tmp_path / "log"))
+  # Weights (with BN moving statistics) plus one momentum slot per trainable weight; 256 KiB covers
+  # the object graph, the step, the seed and the index of ~700 names (measured 100 KiB).
+  bound = (sum(v.numpy().nbytes for v in result.model.weights)
+           + sum(v.numpy().nbytes for v in result.model.trainable_weights) + 256 * 1024)
+  assert _checkpoint_bytes(result.checkpoint_path) <= bound
+  # The same run saving the input iterator holds its shuffle and prefetch buffers of decoded images.
+  buffered = trainer.train(model_options, options, pattern, str(tmp_path / "buffered"),
+                           checkpoint_input_pipeline=True)
+  assert _checkpoint_bytes(buffered.checkpoint_path) > bound
