@@ -4,11 +4,14 @@ The controller runs the train step's loops (`steps_per_loop` steps per call), an
 stops on a non-finite loss (keeping the last good checkpoint as the latest one), checkpoints every
 `save_interval_steps` steps and every `save_interval_secs` seconds (research/deeplab's only interval,
 1200 s) through a `tf.train.CheckpointManager`, calls the Keras callbacks, and stops cleanly,
-checkpointing first, on SIGTERM or a set `stop_event`.
+checkpointing first, on SIGTERM or a set `stop_event`. In multi-worker training a
+`tf.distribute.experimental.PreemptionCheckpointHandler` watches SIGTERM instead: the workers agree
+on a step, all checkpoint there and `run` returns.
 
 Resuming (`restore_or_initialize`): the newest checkpoint of the log directory whose files read back
-completely is restored; a truncated or corrupted newer one is skipped with a warning naming it. With
-no usable checkpoint the manager's `init_fn` (e.g. `--tf_initial_checkpoint`) initialises the model.
+completely is restored; a truncated or corrupted newer one is skipped with a warning naming it, and
+the chief makes the restored one the latest again. With no usable checkpoint `init_fn` (e.g.
+`--tf_initial_checkpoint`) initialises the model.
 In multi-worker training every worker restores from the chief's directory; the other workers save
 into a scratch folder (saving may need collectives) that is removed at the end. Decisions taken from
 a worker's own clock or signals (time-based checkpoints, stopping) are agreed on by all workers, so
@@ -21,6 +24,7 @@ checkpoint stays the latest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -126,10 +130,12 @@ class Controller:
     self.multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     self.directory = logdir if self.chief else os.path.join(
         logdir, f".worker_{strategy_lib.worker_id(strategy)}_tmp")
+    if not self.chief and tf.io.gfile.exists(self.directory):  # left by a killed run: stale
+      tf.io.gfile.rmtree(self.directory)
     tf.io.gfile.makedirs(self.directory)
-    self.manager = tf.train.CheckpointManager(
-        checkpoint, self.directory, max_to_keep=options.max_to_keep, checkpoint_name=CHECKPOINT_NAME,
-        step_counter=step, init_fn=init_fn)
+    self.manager: Optional[tf.train.CheckpointManager] = None  # made by restore_or_initialize
+    self.preemption = None
+    self._preempted = threading.Event()
     self.restored: Optional[str] = None
     self.latest: Optional[str] = None
     self._saved_step = -1
@@ -142,9 +148,9 @@ class Controller:
     candidates = list(state.all_model_checkpoint_paths) if state else []
     if state and state.model_checkpoint_path not in candidates:
       candidates.append(state.model_checkpoint_path)
+    candidates = [p if os.path.isabs(p) or io_utils.has_scheme(p) else os.path.join(self.logdir, p)
+                  for p in candidates]
     for prefix in reversed(candidates):
-      if not os.path.isabs(prefix) and not io_utils.has_scheme(prefix):
-        prefix = os.path.join(self.logdir, prefix)
       problem = checkpoint_problem(prefix)
       if problem is None:
         try:
@@ -160,6 +166,20 @@ class Controller:
         logging.warning("No readable checkpoint in %s: starting afresh.", self.logdir)
       if self.init_fn is not None:
         self.init_fn()
+    if self.chief and self.restored and candidates and self.restored != candidates[-1]:
+      # Make the good checkpoint the latest again, for the manager, eval and resuming alike.
+      good = candidates[:candidates.index(self.restored) + 1]
+      tf.compat.v1.train.update_checkpoint_state(self.logdir, self.restored, good)
+    # The manager reads the (repaired) state; it does not initialise (done above, once).
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, self.directory, max_to_keep=self.options.max_to_keep,
+        checkpoint_name=CHECKPOINT_NAME, step_counter=self.step)
+    if self.multi_worker and self.strategy.cluster_resolver.cluster_spec().jobs:
+      # Preemption of any worker: all agree on a step, checkpoint there, and stop (`run` returns).
+      self.preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
+          self.strategy.cluster_resolver, self.manager,
+          termination_config=tf.distribute.experimental.TerminationConfig(
+              exit_fn=self._preempted.set))
     self._saved_step = int(self.step.numpy()) if self.restored else -1
     self._saved_time = time.time()
     return int(self.step.numpy())
@@ -238,7 +258,7 @@ class Controller:
     for callback in self.callbacks:
       callback.on_train_begin({"step": current})
     try:
-      with _SigtermFlag(self.stop_event):
+      with contextlib.nullcontext() if self.preemption else _SigtermFlag(self.stop_event):
         while current < self.total_steps and not interrupted:
           n = self._loop_size(current)
           outputs = loop_fn(n)
@@ -257,6 +277,12 @@ class Controller:
                        if k not in logs and k not in ("bad_step", "bad_loss")})
           for callback in self.callbacks:
             callback.on_train_batch_end(current, logs)
+          if self.preemption is not None:
+            self.preemption.save_checkpoint_if_preempted(checkpoint_number=current)
+            if self._preempted.is_set():  # saved at `current` by the handler
+              self._saved_step, self.latest = current, self.manager.latest_checkpoint
+              interrupted = True
+              break
           secs = self.options.save_interval_secs
           interrupted, time_due = self._agree(
               self.stop_event.is_set(), bool(secs) and time.time() - self._saved_time >= secs)
