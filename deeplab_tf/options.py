@@ -204,11 +204,37 @@ class ModelOptions(_JsonOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainOptions(_JsonOptions):
-  """How to train, with research/deeplab's `train.py` flag names and the papers' defaults.
+class AugmentationOptions(_JsonOptions):
+  """Training crops and random scaling (research/deeplab `train.py`; DeepLabv3, section 4.1).
 
   Attributes:
     train_crop_size: (height, width) of training crops in pixels; 513x513 in the papers.
+    min_scale_factor, max_scale_factor, scale_factor_step_size: random scaling of training images.
+    min_resize_value, max_resize_value, resize_factor, keep_aspect_ratio: resize every training image
+      (and label) into a size range before the random scaling, as research/deeplab's common.py flags
+      (`deeplab_tf.data.preprocess.resize_to_range`); None: no resize.
+  """
+
+  train_crop_size: Tuple[int, int] = (513, 513)
+  min_scale_factor: float = 0.5
+  max_scale_factor: float = 2.0
+  scale_factor_step_size: float = 0.25
+  min_resize_value: Optional[int] = None
+  max_resize_value: Optional[int] = None
+  resize_factor: Optional[int] = None
+  keep_aspect_ratio: bool = True
+
+  def __post_init__(self):
+    object.__setattr__(self, "train_crop_size", _as_tuple(self.train_crop_size))
+    if len(self.train_crop_size) != 2 or min(self.train_crop_size) < 1:
+      raise ValueError(f"train_crop_size={self.train_crop_size}: expected (height, width) in pixels.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverOptions(_JsonOptions):
+  """Batch, steps, learning rate, momentum and weight decay (research/deeplab `train.py`).
+
+  Attributes:
     train_batch_size: global batch size (split across replicas); 8, research/deeplab train.py's default
       (the papers train at 16, DeepLabv3 section 4.1; the experiments' flagfiles set it).
     training_number_of_steps: total optimizer steps.
@@ -217,49 +243,15 @@ class TrainOptions(_JsonOptions):
     learning_policy: 'poly', 'step' or 'cosine'.
     learning_power: exponent of the poly schedule (0.9).
     learning_rate_decay_step, learning_rate_decay_factor: for the 'step' policy.
-    slow_start_step, slow_start_learning_rate: linear warm-up (steps, learning rate).
-    momentum: SGD momentum (0.9).
-    weight_decay: L2 weight decay on convolution kernels (4e-5 for Xception/MobileNet, 1e-4 ResNet).
-    fine_tune_batch_norm: train BatchNorm (True at batch >= 12); False freezes it in inference mode.
-    min_scale_factor, max_scale_factor, scale_factor_step_size: random scaling of training images.
-    min_resize_value, max_resize_value, resize_factor, keep_aspect_ratio: resize every training image
-      (and label) into a size range before the random scaling, as research/deeplab's common.py flags
-      (`deeplab_tf.data.preprocess.resize_to_range`); None: no resize.
-    top_k_percent_pixels: hard pixel mining: keep this fraction of the highest pixel losses (1.0 = all).
-    hard_example_mining_step: steps over which top-k mining is ramped in from all pixels.
-    upsample_logits: compute the loss on logits upsampled to the label size (True) or on labels
-      downsampled to the logits (False).
-    last_layer_gradient_multiplier: gradient multiplier of the last layer(s).
-    save_interval_steps: checkpoint every this many steps.
-    save_summaries_steps: TensorBoard scalars every this many steps.
-    max_to_keep: checkpoints kept.
-    log_steps: print progress every this many steps.
+    slow_start_step, slow_start_learning_rate: warm-up (steps, learning rate).
     slow_start_burnin_type: 'none' (constant `slow_start_learning_rate` for `slow_start_step` steps, the
       original's default) or 'linear' (ramp linearly from it to `base_learning_rate`).
-    label_weights: per-class loss weights, one per class (research/deeplab common.py `--label_weights`,
-      the `loss_weight` list of `train_utils.add_softmax_cross_entropy_loss_for_each_scale`); None
-      weights every class 1.
-    tf_initial_checkpoint: weights to start from when the log directory has no checkpoint yet: a
-      `.keras` / `.weights.h5` file, one of our TF2 checkpoints (prefix or log directory) or a
-      research/deeplab model-zoo TF1 checkpoint prefix.
-    initialize_last_layer: also restore the last layer(s) from `tf_initial_checkpoint` (False when
-      fine-tuning on a dataset with other classes).
-    last_layers_contain_logits_only: the "last layers" are only `logits`; otherwise also the ASPP
-      (`image_pooling`, `aspp*`, `concat_projection`) and `decoder` (`model.get_extra_layer_scopes`).
-    mixed_precision: Keras dtype policy: 'float32', 'mixed_bfloat16' or 'mixed_float16' (with loss
-      scaling); logits and loss stay float32.
-    sync_batch_norm: synchronise BatchNorm batch statistics across replicas.
-    save_summaries_images: also write image, label and prediction image summaries.
-    seed: random seed of the model initialisation and of the input pipeline; None is unseeded.
-    batch_norm_decay: research/deeplab common.py `--batch_norm_decay` (default 0.9997). At 0.9997
-      every BatchNorm keeps the original's decay (0.9997 in Xception, MobileNet and the head, DeepLabv3
-      section 4.1; ResNet's own 0.95); any other value sets the decay (Keras momentum) of every
-      BatchNorm moving average. At 0.9997 the moving statistics need thousands of steps to forget their
-      initial values, so a run of a few hundred steps from scratch (our demo) predicts from statistics
-      it never learned; 0.9 or 0.99 fits such short runs.
+    momentum: SGD momentum (0.9).
+    weight_decay: L2 weight decay on convolution kernels (4e-5 for Xception/MobileNet, 1e-4 ResNet).
+    last_layer_gradient_multiplier: gradient multiplier of the last layer(s)
+      (`train_utils.get_model_gradient_multipliers`).
   """
 
-  train_crop_size: Tuple[int, int] = (513, 513)
   train_batch_size: int = 8
   training_number_of_steps: int = 30000
   base_learning_rate: float = 1e-4
@@ -269,34 +261,69 @@ class TrainOptions(_JsonOptions):
   learning_rate_decay_factor: float = 0.1
   slow_start_step: int = 0
   slow_start_learning_rate: float = 1e-4
+  slow_start_burnin_type: str = "none"
   momentum: float = 0.9
   weight_decay: float = 4e-5
-  fine_tune_batch_norm: bool = True
-  min_scale_factor: float = 0.5
-  max_scale_factor: float = 2.0
-  scale_factor_step_size: float = 0.25
+  last_layer_gradient_multiplier: float = 1.0
+
+  def __post_init__(self):
+    if self.train_batch_size < 1:
+      raise ValueError(f"train_batch_size={self.train_batch_size}: expected at least 1.")
+    if self.learning_policy not in ("poly", "step", "cosine"):
+      raise ValueError(f"learning_policy={self.learning_policy!r}: expected 'poly', 'step' or 'cosine'.")
+    if self.slow_start_burnin_type not in ("none", "linear"):
+      raise ValueError(f"slow_start_burnin_type={self.slow_start_burnin_type!r}: expected 'none' or "
+                       "'linear'.")
+    if self.training_number_of_steps < 1:
+      raise ValueError(
+          f"training_number_of_steps={self.training_number_of_steps}: expected at least 1.")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossOptions(_JsonOptions):
+  """The pixel-wise loss (research/deeplab `train_utils.add_softmax_cross_entropy_loss_for_each_scale`).
+
+  Attributes:
+    top_k_percent_pixels: hard pixel mining: keep this fraction of the highest pixel losses (1.0 = all).
+    hard_example_mining_step: steps over which top-k mining is ramped in from all pixels.
+    upsample_logits: compute the loss on logits upsampled to the label size (True) or on labels
+      downsampled to the logits (False).
+    label_weights: per-class loss weights, one per class (research/deeplab common.py `--label_weights`,
+      the `loss_weight` list of `train_utils.add_softmax_cross_entropy_loss_for_each_scale`); None
+      weights every class 1.
+  """
+
   top_k_percent_pixels: float = 1.0
   hard_example_mining_step: int = 0
   upsample_logits: bool = True
-  last_layer_gradient_multiplier: float = 1.0
-  save_interval_steps: int = 1000
-  save_summaries_steps: int = 100
-  max_to_keep: int = 5
-  log_steps: int = 10
-  slow_start_burnin_type: str = "none"
   label_weights: Optional[Tuple[float, ...]] = None
-  tf_initial_checkpoint: Optional[str] = None
-  initialize_last_layer: bool = True
-  last_layers_contain_logits_only: bool = False
-  mixed_precision: str = "float32"
-  sync_batch_norm: bool = False
-  save_summaries_images: bool = False
-  seed: Optional[int] = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "label_weights", _as_tuple(self.label_weights))
+    if not 0.0 < self.top_k_percent_pixels <= 1.0:
+      raise ValueError(f"top_k_percent_pixels={self.top_k_percent_pixels}: expected a value in (0, 1].")
+    if self.label_weights is not None and min(self.label_weights, default=0.0) < 0:
+      raise ValueError(f"label_weights={self.label_weights}: expected non-negative weights.")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchNormOptions(_JsonOptions):
+  """How BatchNorm trains (`deeplab_tf.training.batch_norm` applies all three).
+
+  Attributes:
+    fine_tune_batch_norm: train BatchNorm (True at batch >= 12); False freezes it in inference mode.
+    batch_norm_decay: research/deeplab common.py `--batch_norm_decay` (default 0.9997). At 0.9997
+      every BatchNorm keeps the original's decay (0.9997 in Xception, MobileNet and the head, DeepLabv3
+      section 4.1; ResNet's own 0.95); any other value sets the decay (Keras momentum) of every
+      BatchNorm moving average. At 0.9997 the moving statistics need thousands of steps to forget their
+      initial values, so a run of a few hundred steps from scratch (our demo) predicts from statistics
+      it never learned; 0.9 or 0.99 fits such short runs.
+    sync_batch_norm: synchronise BatchNorm batch statistics across replicas.
+  """
+
+  fine_tune_batch_norm: bool = True
   batch_norm_decay: float = ORIGINAL_BATCH_NORM_DECAY
-  min_resize_value: Optional[int] = None
-  max_resize_value: Optional[int] = None
-  resize_factor: Optional[int] = None
-  keep_aspect_ratio: bool = True
+  sync_batch_norm: bool = False
 
   @property
   def batch_norm_decay_override(self) -> Optional[float]:
@@ -304,33 +331,174 @@ class TrainOptions(_JsonOptions):
     return None if self.batch_norm_decay == ORIGINAL_BATCH_NORM_DECAY else self.batch_norm_decay
 
   def __post_init__(self):
-    object.__setattr__(self, "train_crop_size", _as_tuple(self.train_crop_size))
     if not 0.0 <= self.batch_norm_decay < 1.0:
       raise ValueError(f"batch_norm_decay={self.batch_norm_decay}: expected a value in [0, 1), e.g. 0.9.")
-    object.__setattr__(self, "label_weights", _as_tuple(self.label_weights))
-    if len(self.train_crop_size) != 2 or min(self.train_crop_size) < 1:
-      raise ValueError(f"train_crop_size={self.train_crop_size}: expected (height, width) in pixels.")
-    if self.train_batch_size < 1:
-      raise ValueError(f"train_batch_size={self.train_batch_size}: expected at least 1.")
-    if not 0.0 < self.top_k_percent_pixels <= 1.0:
-      raise ValueError(f"top_k_percent_pixels={self.top_k_percent_pixels}: expected a value in (0, 1].")
-    if self.learning_policy not in ("poly", "step", "cosine"):
-      raise ValueError(f"learning_policy={self.learning_policy!r}: expected 'poly', 'step' or 'cosine'.")
-    if self.slow_start_burnin_type not in ("none", "linear"):
-      raise ValueError(f"slow_start_burnin_type={self.slow_start_burnin_type!r}: expected 'none' or "
-                       "'linear'.")
-    if self.mixed_precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
-      raise ValueError(f"mixed_precision={self.mixed_precision!r}: expected 'float32', "
-                       "'mixed_bfloat16' or 'mixed_float16'.")
-    if self.label_weights is not None and min(self.label_weights, default=0.0) < 0:
-      raise ValueError(f"label_weights={self.label_weights}: expected non-negative weights.")
-    if self.training_number_of_steps < 1:
-      raise ValueError(
-          f"training_number_of_steps={self.training_number_of_steps}: expected at least 1.")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitializationOptions(_JsonOptions):
+  """Where the weights start from (research/deeplab `train_utils.get_model_init_fn`).
+
+  Attributes:
+    tf_initial_checkpoint: weights to start from when the log directory has no checkpoint yet: a
+      `.keras` / `.weights.h5` file, one of our TF2 checkpoints (prefix or log directory) or a
+      research/deeplab model-zoo TF1 checkpoint prefix.
+    initialize_last_layer: also restore the last layer(s) from `tf_initial_checkpoint` (False when
+      fine-tuning on a dataset with other classes).
+    last_layers_contain_logits_only: the "last layers" are only `logits`; otherwise also the ASPP
+      (`image_pooling`, `aspp*`, `concat_projection`) and `decoder` (`model.get_extra_layer_scopes`);
+      also decides which variables get `last_layer_gradient_multiplier`.
+  """
+
+  tf_initial_checkpoint: Optional[str] = None
+  initialize_last_layer: bool = True
+  last_layers_contain_logits_only: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointOptions(_JsonOptions):
+  """When checkpoints, summaries and log lines are written.
+
+  Attributes:
+    save_interval_steps: checkpoint every this many steps.
+    save_interval_secs: also checkpoint when this many seconds have passed since the last checkpoint
+      (research/deeplab's only interval, 1200 s); 0 turns the time-based interval off.
+    max_to_keep: checkpoints kept.
+    save_summaries_steps: TensorBoard scalars every this many steps.
+    save_summaries_images: also write image, label and prediction image summaries.
+    log_steps: report progress every this many steps.
+  """
+
+  save_interval_steps: int = 1000
+  save_interval_secs: float = 1200.0
+  max_to_keep: int = 5
+  save_summaries_steps: int = 100
+  save_summaries_images: bool = False
+  log_steps: int = 10
+
+  def __post_init__(self):
     if self.save_interval_steps < 1 or self.save_summaries_steps < 1 or self.log_steps < 1:
       raise ValueError(
           f"save_interval_steps={self.save_interval_steps}, save_summaries_steps="
           f"{self.save_summaries_steps}, log_steps={self.log_steps}: expected at least 1 each.")
+    if self.save_interval_secs < 0:
+      raise ValueError(f"save_interval_secs={self.save_interval_secs}: expected seconds >= 0 "
+                       "(0 = step-based checkpoints only).")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionOptions(_JsonOptions):
+  """How the training step runs: precision, compilation, steps per host round trip, seed.
+
+  Attributes:
+    mixed_precision: Keras dtype policy: 'float32', 'mixed_bfloat16' or 'mixed_float16' (with loss
+      scaling); logits and loss stay float32.
+    steps_per_loop: optimizer steps run inside one `tf.function` call; the host sees the loss (NaN
+      check, logs, summaries) only at the end of each loop (Orbit's `steps_per_loop`).
+    jit_compile: compile the per-replica training computation (forward, loss, gradients) with XLA.
+    seed: random seed of the model initialisation and of the input pipeline; None is unseeded.
+  """
+
+  mixed_precision: str = "float32"
+  steps_per_loop: int = 1
+  jit_compile: bool = False
+  seed: Optional[int] = None
+
+  def __post_init__(self):
+    if self.mixed_precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
+      raise ValueError(f"mixed_precision={self.mixed_precision!r}: expected 'float32', "
+                       "'mixed_bfloat16' or 'mixed_float16'.")
+    if self.steps_per_loop < 1:
+      raise ValueError(f"steps_per_loop={self.steps_per_loop}: expected at least 1.")
+
+
+# TrainOptions' groups, by concern; each field name is a research/deeplab flag name (or ours).
+TRAIN_OPTION_GROUPS = {
+    "augmentation": AugmentationOptions,
+    "solver": SolverOptions,
+    "loss": LossOptions,
+    "batch_norm": BatchNormOptions,
+    "initialization": InitializationOptions,
+    "checkpointing": CheckpointOptions,
+    "execution": ExecutionOptions,
+}
+
+
+def _train_field_groups() -> dict:
+  return {f.name: group for group, cls in TRAIN_OPTION_GROUPS.items()
+          for f in dataclasses.fields(cls)}
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class TrainOptions(_JsonOptions):
+  """How to train: research/deeplab `train.py`'s flags, grouped by concern.
+
+  Every field of every group is named as the flag that sets it (`flag_names()`), so the binary builds
+  the options from the flags by name. Construct either from groups or from flag names, or both:
+  `TrainOptions(base_learning_rate=1e-4, train_crop_size=(65, 65))`,
+  `TrainOptions(solver=SolverOptions(...))`; `replace` takes flag names as well.
+
+  Attributes:
+    augmentation: `AugmentationOptions` (crops and random scaling).
+    solver: `SolverOptions` (batch, steps, learning rate, momentum, weight decay).
+    loss: `LossOptions` (hard pixel mining, class weights, upsampled logits).
+    batch_norm: `BatchNormOptions` (fine-tuning, decay, synchronisation).
+    initialization: `InitializationOptions` (`tf_initial_checkpoint` and the last layers).
+    checkpointing: `CheckpointOptions` (checkpoint, summary and log intervals).
+    execution: `ExecutionOptions` (precision, XLA, steps per loop, seed).
+
+  Raises:
+    ValueError: an unknown flag name, or a value a group refuses (the message names the flag).
+  """
+
+  augmentation: AugmentationOptions
+  solver: SolverOptions
+  loss: LossOptions
+  batch_norm: BatchNormOptions
+  initialization: InitializationOptions
+  checkpointing: CheckpointOptions
+  execution: ExecutionOptions
+
+  def __init__(self, augmentation: Optional[AugmentationOptions] = None,
+               solver: Optional[SolverOptions] = None, loss: Optional[LossOptions] = None,
+               batch_norm: Optional[BatchNormOptions] = None,
+               initialization: Optional[InitializationOptions] = None,
+               checkpointing: Optional[CheckpointOptions] = None,
+               execution: Optional[ExecutionOptions] = None, **flags: Any):
+    given = dict(augmentation=augmentation, solver=solver, loss=loss, batch_norm=batch_norm,
+                 initialization=initialization, checkpointing=checkpointing, execution=execution)
+    field_groups = _train_field_groups()
+    unknown = sorted(set(flags) - set(field_groups))
+    if unknown:
+      raise ValueError(f"Unknown TrainOptions field(s) {unknown}; expected flag names among "
+                       f"{sorted(field_groups)} or the groups {sorted(TRAIN_OPTION_GROUPS)}.")
+    for group, cls in TRAIN_OPTION_GROUPS.items():
+      value = given[group]
+      if isinstance(value, dict):
+        value = cls.from_dict(value)
+      value = value if value is not None else cls()
+      changes = {k: v for k, v in flags.items() if field_groups[k] == group}
+      object.__setattr__(self, group, dataclasses.replace(value, **changes) if changes else value)
+
+  @staticmethod
+  def flag_names() -> Tuple[str, ...]:
+    """The names of every field of every group: the flags that set them."""
+    return tuple(_train_field_groups())
+
+  def to_flat_dict(self) -> dict:
+    """`{flag name: value}` over every group."""
+    return {k: v for group in TRAIN_OPTION_GROUPS for k, v in getattr(self, group).to_dict().items()}
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "TrainOptions":
+    """From `to_dict()`'s nested form, from flag names (`to_flat_dict()`), or a mix of both."""
+    return cls(**{k: _as_tuple(v) if k not in TRAIN_OPTION_GROUPS else v for k, v in values.items()})
+
+  def replace(self, **changes: Any) -> "TrainOptions":
+    """A copy with some groups and/or flag-named fields changed."""
+    groups = {g: getattr(self, g) for g in TRAIN_OPTION_GROUPS}
+    groups.update({k: changes.pop(k) for k in list(changes) if k in TRAIN_OPTION_GROUPS})
+    return TrainOptions(**groups, **changes)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,8 +30,6 @@ ALLOWED = {
     "deeplab_tf/io_utils.py": "the gfile helpers themselves",
     # Owned by other rooms at the time of writing (issue 11's trainer, issue 9's export); remove each
     # entry when its module is converted.
-    "deeplab_tf/training/": "pending: trainer (issue 11)",
-    "deeplab_tf/bin/train.py": "pending: trainer (issue 11)",
     "deeplab_tf/export.py": "pending: export (issue 9)",
     "deeplab_tf/bin/export_model.py": "pending: export (issue 9)",
     "deeplab_tf/bin/predict.py": "pending: export (issue 9)",

@@ -110,7 +110,7 @@ def build_aspp(features, options: ModelOptions):
   if options.aspp_with_concat_projection:
     x = layers.conv2d_same(x, depth, 1, 1, 1, "concat_projection", bn_params=HEAD_BN,
                            relu_max_value=cap)
-    x = keras.layers.Dropout(0.1, name="concat_projection_dropout")(x)
+    x = layers.HashDropout(0.1, name="concat_projection_dropout")(x)
   if gate is not None:
     x = keras.layers.Multiply(name="image_pooling.gate")([x, gate])
   return x

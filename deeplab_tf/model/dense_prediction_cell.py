@@ -200,6 +200,6 @@ def build_dense_prediction_cell(features, config, output_stride: int,
   prefix = layers.scope_to_layer_name(META_ARCHITECTURE_SCOPE + "/" + CONCAT_PROJECTION_SCOPE)
   x = (keras.layers.Concatenate(axis=-1, name=prefix + ".concat")(branches)
        if len(branches) > 1 else branches[0])
-  x = keras.layers.Dropout(DROPOUT_RATE, name=prefix + "_dropout")(x)
+  x = layers.HashDropout(DROPOUT_RATE, name=prefix + "_dropout")(x)
   return layers.conv2d_same(x, CONCAT_CHANNELS, 1, 1, 1,
                             f"{META_ARCHITECTURE_SCOPE}/{CONCAT_PROJECTION_SCOPE}", bn_params=HEAD_BN)

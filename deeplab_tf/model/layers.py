@@ -253,3 +253,35 @@ def kernel_variables(model: keras.Model, include_depthwise: bool = False) -> Seq
     elif isinstance(layer, keras.layers.Conv2D):
       kernels.append(layer.kernel)
   return kernels
+
+
+def _fmix32(h):
+  """MurmurHash3's 32-bit finaliser: a bijective mix of uint32 values (integer ops only)."""
+  h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16)) * tf.constant(0x85EBCA6B, tf.uint32)
+  h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 13)) * tf.constant(0xC2B2AE35, tf.uint32)
+  return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
+
+
+@keras.saving.register_keras_serializable(package="deeplab_tf")
+class HashDropout(keras.layers.Dropout):
+  """Keras `Dropout` whose mask is the same in XLA-compiled and plain TensorFlow graphs.
+
+  TensorFlow's stateless random ops lower to a different random stream under XLA than in their CPU/GPU
+  kernels (even with `alg="philox"`), so a `jit_compile` training step dropped other units than the
+  uncompiled step from the same seed, and their losses differed (by 0.6% with hard pixel mining, which
+  picks the pixels these units feed). Here each element's uniform draw is a hash (MurmurHash3's
+  finaliser) of its index and the seed, in uint32 integer ops that every backend computes alike. The
+  seed comes from Keras' `SeedGenerator` as in `Dropout` (same variables, same config).
+  """
+
+  def call(self, inputs, training=False):
+    if not training or self.rate == 0:
+      return inputs
+    seed = tf.cast(self.seed_generator.next(), tf.uint32)
+    key = _fmix32(tf.bitwise.bitwise_xor(seed[0], _fmix32(seed[1] + tf.constant(0x9E3779B9, tf.uint32))))
+    shape = tf.shape(inputs)
+    index = tf.reshape(tf.range(tf.size(inputs, out_type=tf.int32)), shape)
+    bits = _fmix32(tf.cast(index, tf.uint32) * tf.constant(0x9E3779B1, tf.uint32) + key)
+    uniform = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
+    keep = uniform >= self.rate
+    return tf.where(keep, inputs / tf.cast(1.0 - self.rate, inputs.dtype), tf.zeros_like(inputs))
