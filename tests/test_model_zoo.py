@@ -28,6 +28,7 @@ KNOWN_VARS = {
     "mobilenetv3_small_cityscapes_trainfine": "mobilenet_v3_small_seg",
     "edgetpu_deeplab": "mobilenet_edgetpu",
     "edgetpu_deeplab_slim": "mobilenet_edgetpu_slim",
+    "xception71_dpc_cityscapes_trainfine": "xception_71_dpc_cityscapes19",
 }
 
 
