@@ -34,6 +34,7 @@ setup(
             "deeplab_eval=deeplab_tf.bin.eval:run",
             "deeplab_vis=deeplab_tf.bin.vis:run",
             "deeplab_export_model=deeplab_tf.bin.export_model:run",
+            "deeplab_predict=deeplab_tf.bin.predict:run",
             "deeplab_convert_checkpoint=deeplab_tf.bin.convert_checkpoint:run",
         ],
     },
