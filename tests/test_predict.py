@@ -10,7 +10,9 @@ from absl import flags
 from absl.testing import flagsaver
 from PIL import Image
 
-from deeplab_tf import EvalOptions, ModelOptions, build_deeplab, export, visualization
+from small_trained_model import train_small_model
+
+from deeplab_tf import EvalOptions, ModelOptions, export, visualization
 from deeplab_tf.bin import predict as predict_bin
 from deeplab_tf.evaluation import inference
 from deeplab_tf.model_io import save_model_options
@@ -23,12 +25,7 @@ OPTIONS = ModelOptions(model_variant="mobilenet_v2", num_classes=3, output_strid
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("predict")
-  model = build_deeplab(OPTIONS)
-  # The logits layer starts at zero (all classes tied): random weights give every class some pixels.
-  rng = np.random.RandomState(0)
-  for layer in model.layers:
-    if "logits" in layer.name:
-      layer.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()])
+  model, _, _ = train_small_model(OPTIONS)  # a random network ties every pixel
   save_model_options(str(root / "train"), OPTIONS)
   tf.train.Checkpoint(model=model).save(str(root / "train" / "ckpt"))
   export.export_saved_model(model, str(root / "models" / "deeplab" / "1"), OPTIONS)
