@@ -53,6 +53,7 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from deeplab_tf import io_utils
 from deeplab_tf.evaluation import inference
 from deeplab_tf.options import EvalOptions, ModelOptions
 
@@ -190,18 +191,8 @@ class DeepLabServingModule(tf.Module):
             "height": sizes[:, 0], "width": sizes[:, 1]}
 
 
-def _is_local(path: str) -> bool:
-  return "://" not in path or path.startswith("file://")
-
-
 def _join(*parts: str) -> str:
-  return os.path.join(*parts) if _is_local(parts[0]) else posixpath.join(*parts)
-
-
-def _parent(path: str) -> str:
-  if _is_local(path):
-    return os.path.dirname(os.path.abspath(path))
-  return path.rstrip("/").rsplit("/", 1)[0]
+  return posixpath.join(*parts) if io_utils.has_scheme(parts[0]) else os.path.join(*parts)
 
 
 def _move_tree(source: str, destination: str) -> None:
@@ -211,7 +202,7 @@ def _move_tree(source: str, destination: str) -> None:
   a directory rename there does not carry its files; `saved_model.pb` goes last, so a TF Serving
   watching the base path sees a version only once the rest of it is in place.
   """
-  if _is_local(source):
+  if not io_utils.has_scheme(source):
     tf.io.gfile.rename(source, destination)
     return
   folders, files = [], []
@@ -235,8 +226,7 @@ def _move_tree(source: str, destination: str) -> None:
 
 def _temporary_sibling(path: str, suffix: str) -> str:
   """A hidden, non-integer name beside `path` (TF Serving ignores it as a version)."""
-  name = path.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
-  return _join(_parent(path), f".{name}.{uuid.uuid4().hex[:12]}{suffix}")
+  return _join(io_utils.dirname(path), f".{io_utils.basename(path)}.{uuid.uuid4().hex[:12]}{suffix}")
 
 
 def versioned_export_dir(base_path: str, version: Optional[int] = None) -> str:
@@ -255,12 +245,12 @@ def versioned_export_dir(base_path: str, version: Optional[int] = None) -> str:
   """
   if version is not None and version < 0:
     raise ValueError(f"export_version={version}: expected a non-negative integer.")
-  if tf.io.gfile.exists(base_path) and not tf.io.gfile.isdir(base_path):
+  if tf.io.gfile.exists(base_path) and not io_utils.isdir(base_path):
     raise ValueError(f"export_path={base_path} is a file; expected the model base path (a directory "
                      "that holds one subdirectory per version).")
   if version is None:
     existing = [int(name.rstrip("/")) for name in
-                (tf.io.gfile.listdir(base_path) if tf.io.gfile.isdir(base_path) else [])
+                (tf.io.gfile.listdir(base_path) if io_utils.isdir(base_path) else [])
                 if _VERSION_RE.match(name.rstrip("/"))]
     version = max(existing, default=0) + 1
   return _join(base_path, str(version))
@@ -303,7 +293,7 @@ def export_saved_model(model, export_dir: str, model_options: ModelOptions,
   if outputs and outputs[0].shape[-1] not in (None, model_options.num_classes):
     raise ValueError(f"the model predicts {outputs[0].shape[-1]} classes but model_options.num_classes="
                      f"{model_options.num_classes}.")
-  if _is_local(export_dir):
+  if not io_utils.has_scheme(export_dir):
     export_dir = os.path.abspath(export_dir)
   export_dir = export_dir.rstrip("/")
   if tf.io.gfile.exists(export_dir) and not overwrite:
@@ -311,7 +301,7 @@ def export_saved_model(model, export_dir: str, model_options: ModelOptions,
   if mean_pixel is None:
     mean_pixel = inference.model_mean_pixel(model)
   module = DeepLabServingModule(model, model_options, eval_options, mean_pixel, max_image_pixels)
-  tf.io.gfile.makedirs(_parent(export_dir))
+  tf.io.gfile.makedirs(io_utils.dirname(export_dir))
   tmp = _temporary_sibling(export_dir, ".tmp")
   try:
     signatures = {SERVING_DEFAULT: module.serve_encoded.get_concrete_function(),
@@ -346,8 +336,7 @@ def read_exported_model_options(export_dir: str) -> ModelOptions:
   path = _join(export_dir, EXTRA_DIR, MODEL_OPTIONS_FILENAME)
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path}: not found; is {export_dir} a deeplab_tf export?")
-  with tf.io.gfile.GFile(path) as f:
-    return ModelOptions.from_json(f.read())
+  return ModelOptions.from_json(io_utils.read_text(path))
 
 
 def representative_images(file_pattern: str, input_size: Tuple[int, int], num_images: int,
@@ -434,14 +423,6 @@ def export_tflite(model, path: str, input_size: Tuple[int, int], *, quantize: st
     converter.representative_dataset = representative_dataset
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
   flatbuffer = converter.convert()
-  tf.io.gfile.makedirs(_parent(path))
-  tmp = _temporary_sibling(path, ".tmp")
-  try:
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-      f.write(flatbuffer)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-  except BaseException:
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.remove(tmp)
-    raise
+  with io_utils.atomic_open(path, "wb") as f:
+    f.write(flatbuffer)
   return path

@@ -6,17 +6,14 @@ a trained network; a randomly initialised network's near-ties would make any agr
 meaningless. The figures on a demo-like model trained on the real nuclei tiles are
 measured by benchmarks/tflite.py (benchmarks/README.md).
 """
-import io
 import os
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 from ai_edge_litert.interpreter import Interpreter
-from PIL import Image
 
 from small_trained_model import train_small_model, voc_crops
 
@@ -30,12 +27,6 @@ OPTIONS = ModelOptions(model_variant="mobilenet_v2", num_classes=2, output_strid
 SIZE = (65, 65)
 
 
-def _png(array):
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format="PNG")
-  return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("tflite")
@@ -45,7 +36,8 @@ def trained(tmp_path_factory):
   # Calibration images for int8, as TFRecords (the train split); held-out crops for the figures.
   with tf.io.TFRecordWriter(str(root / "train-00000-of-00001.tfrecord")) as writer:
     for i, (image, label) in enumerate(zip(images[:16], labels[:16])):
-      writer.write(encode_example(_png(image), _png(label.astype(np.uint8)), filename=f"{i}.png",
+      writer.write(encode_example(tf.io.encode_png(image).numpy(),
+                                  tf.io.encode_png(label[..., None].astype(np.uint8)).numpy(), filename=f"{i}.png",
                                   height=SIZE[0], width=SIZE[1], image_format="png"))
   held_out, _ = voc_crops(12, SIZE, OPTIONS.num_classes, seed=1)
   logits = model.predict(held_out.astype(np.float32), verbose=0)

@@ -31,7 +31,6 @@ import io
 import json
 import os
 import time
-import uuid
 
 import numpy as np
 import tensorflow as tf
@@ -39,7 +38,7 @@ from absl import app, flags, logging
 from PIL import Image
 from tqdm import tqdm
 
-from deeplab_tf import export, visualization
+from deeplab_tf import export, io_utils, visualization
 from deeplab_tf.bin import eval_common
 from deeplab_tf.bin import vis  # noqa: F401  (defines --colormap_type and --overlay_alpha)
 from deeplab_tf.evaluation import inference
@@ -92,17 +91,6 @@ def read_image(path):
     data = f.read()
   with Image.open(io.BytesIO(data)) as picture:
     return np.asarray(picture.convert("RGB"))
-
-
-def _save_npy(array, path):
-  """Writes `array` as .npy through a temporary name and a rename (any tf.io.gfile path)."""
-  buffer = io.BytesIO()
-  np.save(buffer, array)
-  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
-  tf.io.gfile.makedirs(os.path.dirname(path))
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    f.write(buffer.getvalue())
-  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _export_version_dir(path):
@@ -174,16 +162,15 @@ def main(argv):
     visualization.save_image_png(visualization.overlay(image, labels, colormap, FLAGS.overlay_alpha),
                                  os.path.join(FLAGS.output_dir, "overlays", stem + ".png"))
     if FLAGS.save_probabilities:
-      _save_npy(probabilities.astype(np.float32), os.path.join(FLAGS.output_dir, "probabilities",
-                                                               stem + ".npy"))
+      with io_utils.atomic_open(os.path.join(FLAGS.output_dir, "probabilities", stem + ".npy")) as f:
+        np.save(f, probabilities.astype(np.float32))
     written += 1
   seconds = time.time() - started
   summary = {"model": source, "images": written, "failed": failed, "pixels": int(counts.sum()),
              "seconds": round(seconds, 3), "colormap": colormap,
              "class_pixel_share": {str(c): float(n / max(counts.sum(), 1)) for c, n in enumerate(counts) if n},
              "output_dir": FLAGS.output_dir}
-  with tf.io.gfile.GFile(os.path.join(FLAGS.output_dir, "summary.json"), "w") as f:
-    f.write(json.dumps(summary, indent=1) + "\n")
+  io_utils.atomic_write_text(os.path.join(FLAGS.output_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
   shares = ", ".join(f"class {c}: {100 * s:.1f}%" for c, s in summary["class_pixel_share"].items())
   print(f"{written} image(s), {summary['pixels']:,} pixels in {seconds:.1f} s "
         f"({seconds / max(written, 1):.2f} s per image) with {source}\npredicted pixels: {shares or 'none'}\n"
