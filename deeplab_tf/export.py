@@ -29,7 +29,11 @@ subdirectory, `<base path>/<version>/saved_model.pb` (`versioned_export_dir` pic
 Our temporary directory's name is not an integer, so a server watching the base path never loads a
 half-written version.
 
-The export directory also holds `assets.extra/model_options.json` and `assets.extra/eval_options.json`
+With the original export's `min_resize_value`/`max_resize_value`/`resize_factor`/`keep_aspect_ratio`,
+both signatures resize each image into that range first and return predictions at its own size.
+
+The export directory also holds `assets.extra/model_options.json`, `assets.extra/eval_options.json`,
+`assets.extra/resize.json`
 (the TF Serving convention for files beside the model). It is written to a temporary directory next to
 `export_dir` and renamed when complete. Every file operation goes through `tf.io.gfile`, so `gs://`
 (and `ram://`) paths work.
@@ -45,6 +49,7 @@ The export directory also holds `assets.extra/model_options.json` and `assets.ex
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import re
@@ -54,7 +59,9 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from deeplab_tf import io_utils
+from deeplab_tf.data import preprocess
 from deeplab_tf.evaluation import inference
+from deeplab_tf.image_ops import resize_bilinear_align_corners, resize_nearest_align_corners
 from deeplab_tf.options import EvalOptions, ModelOptions
 
 SERVING_DEFAULT = "serving_default"
@@ -62,6 +69,7 @@ IMAGE_TENSOR_SIGNATURE = "image_tensor"
 EXTRA_DIR = "assets.extra"
 MODEL_OPTIONS_FILENAME = "model_options.json"
 EVAL_OPTIONS_FILENAME = "eval_options.json"
+RESIZE_FILENAME = "resize.json"
 # Label value of pixels outside an image in `serving_default`'s padded batch.
 PADDING_LABEL = -1
 # Largest image (height * width pixels) the signatures accept by default: 4096 x 4096. Larger requests
@@ -137,7 +145,8 @@ class DeepLabServingModule(tf.Module):
   """A `tf.Module` holding the Keras model and the two serving functions (see the module docstring)."""
 
   def __init__(self, model, model_options: ModelOptions, eval_options: EvalOptions,
-               mean_pixel: Sequence[float], max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+               mean_pixel: Sequence[float], max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               resize: Optional[dict] = None):
     super().__init__(name="deeplab_serving")
     self.model = model
     # Built here, not while tracing: the model without its final upsampling (same weights).
@@ -146,10 +155,31 @@ class DeepLabServingModule(tf.Module):
     self._eval_options = eval_options
     self._mean_pixel = tuple(float(v) for v in mean_pixel)
     self._max_image_pixels = int(max_image_pixels)
+    self._resize = dict(resize or {})
 
-  def _probabilities(self, images):
-    return inference.predict_probabilities(self.model, images, self._eval_options,
-                                           mean_pixel=self._mean_pixel)
+  def _predict(self, images):
+    """(int32 labels [b, h, w], float32 probabilities [b, h, w, classes]) of uint8 images [b, h, w, 3].
+
+    With `resize` (research/deeplab export_model.py's min/max_resize_value, resize_factor,
+    keep_aspect_ratio): the image is first resized into the range (`preprocess.resize_to_range_size`,
+    bilinear, align_corners), predicted there, and the labels resized back to the image's size by nearest
+    neighbour with align_corners, as the original export does; the probabilities are resized back
+    bilinearly (align_corners).
+    """
+    if not (self._resize.get("min_resize_value") or self._resize.get("max_resize_value")):
+      probabilities = inference.predict_probabilities(self.model, images, self._eval_options,
+                                                      mean_pixel=self._mean_pixel)
+      return tf.argmax(probabilities, axis=-1, output_type=tf.int32), probabilities
+    size = tf.shape(images)[1:3]
+    new_size = preprocess.resize_to_range_size(
+        size[0], size[1], self._resize["min_resize_value"], self._resize.get("max_resize_value"),
+        self._resize.get("resize_factor"), self._resize.get("keep_aspect_ratio", True))
+    resized = resize_bilinear_align_corners(tf.cast(images, tf.float32), new_size)
+    probabilities = inference.predict_probabilities(self.model, resized, self._eval_options,
+                                                    mean_pixel=self._mean_pixel)
+    labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    labels = resize_nearest_align_corners(labels[..., tf.newaxis], size)[..., 0]
+    return labels, resize_bilinear_align_corners(probabilities, size)
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="image_tensor")])
   def image_tensor(self, image_tensor):
@@ -158,9 +188,8 @@ class DeepLabServingModule(tf.Module):
         "image_tensor: images of {}x{} pixels exceed the limit max_image_pixels={} of this export",
         (shape[1], shape[2], self._max_image_pixels))])
     with tf.control_dependencies([check_size]):
-      probabilities = self._probabilities(image_tensor)
-    return {"semantic_predictions": tf.argmax(probabilities, axis=-1, output_type=tf.int32),
-            "probabilities": probabilities}
+      labels, probabilities = self._predict(image_tensor)
+    return {"semantic_predictions": labels, "probabilities": probabilities}
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
   def serve_encoded(self, image_bytes):
@@ -175,8 +204,8 @@ class DeepLabServingModule(tf.Module):
 
     def predict_one(element):
       image = decode(*element)
-      probabilities = self._probabilities(image[tf.newaxis])[0]
-      labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+      labels, probabilities = self._predict(image[tf.newaxis])
+      labels, probabilities = labels[0], probabilities[0]
       shape = tf.shape(labels)
       paddings = [[0, max_size[0] - shape[0]], [0, max_size[1] - shape[1]]]
       labels = tf.pad(labels, paddings, constant_values=PADDING_LABEL)
@@ -259,7 +288,8 @@ def versioned_export_dir(base_path: str, version: Optional[int] = None) -> str:
 def export_saved_model(model, export_dir: str, model_options: ModelOptions,
                        eval_options: Optional[EvalOptions] = None, *,
                        mean_pixel: Optional[Sequence[float]] = None, overwrite: bool = False,
-                       max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str:
+                       max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                       resize: Optional[dict] = None) -> str:
   """Writes `model` as a SavedModel with `serving_default` and `image_tensor` signatures.
 
   Args:
@@ -274,6 +304,10 @@ def export_saved_model(model, export_dir: str, model_options: ModelOptions,
     overwrite: replace an existing `export_dir` (only after the new export is complete).
     max_image_pixels: requests with a larger image (height * width) are refused with an error naming
       the input (see the module docstring).
+    resize: `{"min_resize_value", "max_resize_value", "resize_factor", "keep_aspect_ratio"}` (the
+      original export_model.py's flags, e.g. `bin.eval_common.resize_from_flags()`): images are resized
+      into that range inside the export and the predictions resized back (`DeepLabServingModule._predict`);
+      stored as `assets.extra/resize.json`. None or no min/max value: no resize.
 
   Returns:
     `export_dir`.
@@ -300,7 +334,10 @@ def export_saved_model(model, export_dir: str, model_options: ModelOptions,
     raise FileExistsError(f"{export_dir} exists; choose a new --export_path or pass overwrite=True.")
   if mean_pixel is None:
     mean_pixel = inference.model_mean_pixel(model)
-  module = DeepLabServingModule(model, model_options, eval_options, mean_pixel, max_image_pixels)
+  if resize:
+    preprocess.check_resize_values(resize.get("min_resize_value"), resize.get("max_resize_value"),
+                                   resize.get("resize_factor"))
+  module = DeepLabServingModule(model, model_options, eval_options, mean_pixel, max_image_pixels, resize)
   tf.io.gfile.makedirs(io_utils.dirname(export_dir))
   tmp = _temporary_sibling(export_dir, ".tmp")
   try:
@@ -314,9 +351,11 @@ def export_saved_model(model, export_dir: str, model_options: ModelOptions,
     tf.saved_model.save(module, tmp, signatures=signatures)
     extra = _join(tmp, EXTRA_DIR)
     tf.io.gfile.makedirs(extra)
-    for name, options in ((MODEL_OPTIONS_FILENAME, model_options), (EVAL_OPTIONS_FILENAME, eval_options)):
+    for name, text in ((MODEL_OPTIONS_FILENAME, model_options.to_json(indent=1)),
+                       (EVAL_OPTIONS_FILENAME, eval_options.to_json(indent=1)),
+                       (RESIZE_FILENAME, json.dumps(dict(resize or {}), indent=1))):
       with tf.io.gfile.GFile(_join(extra, name), "w") as f:
-        f.write(options.to_json(indent=1) + "\n")
+        f.write(text + "\n")
     if tf.io.gfile.exists(export_dir):
       old = _temporary_sibling(export_dir, ".old")
       _move_tree(export_dir, old)

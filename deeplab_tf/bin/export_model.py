@@ -9,6 +9,9 @@
       --quantize=int8 --dataset_dir=/data/tfrecord --calibration_split=train \
       --export_path=/models/deeplab_int8.tflite
 
+--min_resize_value, --max_resize_value, --resize_factor, --keep_aspect_ratio (the original's) resize each
+image into that range inside the SavedModel; predictions come back at the image's own size.
+
 The model's architecture comes from the `model_options.json` beside the checkpoint (or
 --model_options_json). Signatures, the TFLite model's input and output: see `deeplab_tf.export`.
 """
@@ -56,6 +59,9 @@ def main(argv):
     if FLAGS.inference_scales != [1.0] or FLAGS.add_flipped_images:
       raise ValueError("--format=tflite runs one scale without flipping; drop --inference_scales and "
                        "--add_flipped_images.")
+    if FLAGS.min_resize_value or FLAGS.max_resize_value:
+      raise ValueError("--format=tflite has a fixed input size (--crop_size): resize images to it before "
+                       "inference; drop --min_resize_value/--max_resize_value.")
     representative = None
     if FLAGS.quantize == "int8":
       pattern = eval_common.split_pattern(FLAGS.dataset_dir, FLAGS.calibration_split, "calibration_split")
@@ -72,7 +78,8 @@ def main(argv):
                                add_flipped_images=FLAGS.add_flipped_images)
     export_dir = export.versioned_export_dir(FLAGS.export_path, FLAGS.export_version)
     path = export.export_saved_model(model, export_dir, model_options, eval_options,
-                                     overwrite=FLAGS.overwrite, max_image_pixels=FLAGS.max_image_pixels)
+                                     overwrite=FLAGS.overwrite, max_image_pixels=FLAGS.max_image_pixels,
+                                     resize=eval_common.resize_from_flags())
   print(f"wrote {path}")
 
 

@@ -80,8 +80,8 @@ def _row(name, file, default, status, note, **kwargs):
   return Row(name, file, default, status, note, **kwargs)
 
 
-_RESIZE = ("`deeplab_tf.data.preprocess.resize_to_range`, first thing of training and eval/vis preprocessing "
-           "(export_model: room r9deploy)")
+_RESIZE = ("`deeplab_tf.data.preprocess.resize_to_range`, first thing of training and eval/vis preprocessing; "
+           "inside a SavedModel export, predictions resized back to the image (not for --format=tflite)")
 _MODEL = "model flag (see above)"
 _TF1_CLUSTER = ("TF1 graph replication; tf.distribute replaces it (--strategy=mirrored|multi_worker|tpu, "
                 "TF_CONFIG for multi-worker)")
@@ -107,13 +107,13 @@ def _eval_and_vis_rows(file: str) -> Tuple[Row, ...]:
 
 ROWS: Tuple[Row, ...] = (
     # common.py
-    _row("min_resize_value", "common.py", None, SAME, _RESIZE, binaries=TRAIN_EVAL_VIS),
+    _row("min_resize_value", "common.py", None, SAME, _RESIZE, binaries=ALL_BINARIES),
     _row("max_resize_value", "common.py", None, SAME, _RESIZE + "; needs --min_resize_value (the "
-         "original fails without it)", binaries=TRAIN_EVAL_VIS),
-    _row("resize_factor", "common.py", None, SAME, _RESIZE, binaries=TRAIN_EVAL_VIS),
+         "original fails without it)", binaries=ALL_BINARIES),
+    _row("resize_factor", "common.py", None, SAME, _RESIZE, binaries=ALL_BINARIES),
     _row("keep_aspect_ratio", "common.py", True, SAME, _RESIZE + "; the original defines it but its "
          "input_preprocess never passes it on (always True there); ours passes it to resize_to_range",
-         binaries=TRAIN_EVAL_VIS),
+         binaries=ALL_BINARIES),
     _row("logits_kernel_size", "common.py", 1, SAME, _MODEL),
     _row("model_variant", "common.py", "mobilenet_v2", SAME, _MODEL),
     _row("image_pyramid", "common.py", None, REFUSED, "multi-scale inputs inside the model "
@@ -241,7 +241,9 @@ ROWS: Tuple[Row, ...] = (
          "original; --checkpoint_path visualises that one checkpoint once"),
     # export_model.py
     _row("checkpoint_path", "export_model.py", None, SAME, "a checkpoint prefix, log directory or .keras"),
-    _row("export_path", "export_model.py", None, SAME, "a SavedModel directory (not a frozen graph)"),
+    _row("export_path", "export_model.py", None, SAME, "TF Serving's model base path: the SavedModel goes "
+         "to <export_path>/<version> (--export_version, default the next); the .tflite file with "
+         "--format=tflite (not a frozen graph)"),
     _row("num_classes", "export_model.py", 21, SAME, _MODEL),
     _row("crop_size", "export_model.py", [513, 513], SAME, "padding size inside the export",
          room="r9deploy"),

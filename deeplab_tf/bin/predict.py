@@ -14,7 +14,9 @@ every file Pillow reads is accepted (JPEG, PNG, BMP, GIF, TIFF, WebP, ...) and c
 Outputs, for an input `<name>.<ext>`:
   `<output_dir>/labels/<name>.png`          class ids as a palette PNG (values = ids, colours = colormap),
                                             as research/deeplab vis.py's raw predictions;
-  `<output_dir>/overlays/<name>.png`        the image blended with the prediction's colours;
+  `<output_dir>/overlays/<name>.png`        the image blended with the prediction's colours
+                                            (--colormap_type, default pascal; `dataset` picks
+                                            cityscapes for 19 classes, ade20k for 151);
   `<output_dir>/probabilities/<name>.npy`   float32 [height, width, num_classes] (--save_probabilities);
 and a summary (images, pixels, seconds, pixel share of each predicted class) printed and written to
 `<output_dir>/summary.json`. An unreadable file is reported and skipped; the run then ends with an
@@ -139,7 +141,9 @@ def main(argv):
     raise ValueError("--output_dir is required: where labels/, overlays/ and probabilities/ go.")
   files = list_images(FLAGS.input)
   predict, num_classes, source = _predictor()
-  colormap = FLAGS.colormap_type or COLORMAP_BY_NUM_CLASSES.get(num_classes, "pascal")
+  colormap = FLAGS.colormap_type
+  if colormap == "dataset":  # no dataset here: the model-zoo dataset its class count tells
+    colormap = COLORMAP_BY_NUM_CLASSES.get(num_classes, "pascal")
   started = time.time()
   counts = np.zeros(num_classes, np.int64)
   failed, written = [], 0
