@@ -388,8 +388,8 @@ def representative_images(file_pattern: str, input_size: Tuple[int, int], num_im
   Args:
     file_pattern: glob of the shards (`<dataset_dir>/<split>-*.tfrecord`), deeplab_tf's features.
     input_size: (height, width) of the TFLite input in pixels.
-    num_images: how many images to calibrate on (the original's `--num_calibration_images`-style
-      count; 100 or so is usual).
+    num_images: how many images to calibrate on (`deeplab_export_model --num_calibration_images`;
+      100 or so is usual).
     mean_pixel: RGB padding value.
 
   Returns:

@@ -33,8 +33,8 @@ def test_tarball_to_served_model(tmp_path):
   _run("deeplab_tf.bin.convert_checkpoint", f"--checkpoint_path={tarball}", f"--output_dir={models / 'voc'}",
        "--model_variant=mobilenet_v2", "--num_classes=21", "--output_stride=16")
   out = _run("deeplab_tf.bin.predict", f"--checkpoint_path={models / 'voc' / 'model.keras'}",
-             f"--input={os.path.join(VOC, '*.jpg')}", f"--output_dir={tmp_path / 'predictions'}",
-             "--noprogress_bar")
+             f"--input={os.path.join(VOC, '*.jpg')}", f"--predict_logdir={tmp_path / 'predictions'}",
+             "--noshow_progress")
   assert "3 image(s)" in out
   assert sorted(os.listdir(tmp_path / "predictions" / "labels")) == [
       "2011_000003.png", "2011_000006.png", "2011_000025.png"]

@@ -56,8 +56,8 @@ def _check_outputs(out, name, image, expected_probabilities, probabilities_writt
 
 def test_predict_folder_with_a_checkpoint(setup, tmp_path, capsys):
   out = str(tmp_path / "out")
-  with flagsaver.flagsaver(checkpoint_dir=str(setup["root"] / "train"), input=[VOC], output_dir=out,
-                           save_probabilities=True, progress_bar=False):
+  with flagsaver.flagsaver(checkpoint_dir=str(setup["root"] / "train"), input=[VOC], predict_logdir=out,
+                           save_probabilities=True, show_progress=False):
     predict_bin.main([])
   for name, image in setup["photos"].items():
     expected = inference.predict_probabilities(setup["model"], image[None]).numpy()[0]
@@ -75,9 +75,9 @@ def test_predict_glob_with_scales_flips_and_sliding_windows(setup, tmp_path):
   out = str(tmp_path / "out")
   name = NAMES[1]
   with flagsaver.flagsaver(checkpoint_dir=str(setup["root"] / "train"),
-                           input=[os.path.join(VOC, "*0006.jpg")], output_dir=out, save_probabilities=True,
+                           input=[os.path.join(VOC, "*0006.jpg")], predict_logdir=out, save_probabilities=True,
                            eval_scales=[0.75, 1.0], add_flipped_images=True, predict_crop_size=["161", "161"],
-                           sliding_window=True, progress_bar=False):
+                           sliding_window=True, show_progress=False):
     predict_bin.main([])
   image = setup["photos"][name]
   eval_options = EvalOptions(eval_crop_size=(161, 161), eval_scales=(0.75, 1.0), add_flipped_images=True,
@@ -91,14 +91,14 @@ def test_predict_with_an_export_base_path(setup, tmp_path):
   out = str(tmp_path / "out")
   name = NAMES[0]
   with flagsaver.flagsaver(export_dir=str(setup["root"] / "models" / "deeplab"),
-                           input=[os.path.join(VOC, name + ".jpg")], output_dir=out, progress_bar=False):
+                           input=[os.path.join(VOC, name + ".jpg")], predict_logdir=out, show_progress=False):
     predict_bin.main([])
   image = setup["photos"][name]
   expected = inference.predict_probabilities(setup["model"], image[None]).numpy()[0]
   _check_outputs(out, name, image, expected, probabilities_written=False)
   assert not os.path.exists(os.path.join(out, "probabilities"))
   with flagsaver.flagsaver(export_dir=str(setup["root"] / "models" / "deeplab"), input=[VOC],
-                           output_dir=out, add_flipped_images=True):
+                           predict_logdir=out, add_flipped_images=True):
     with pytest.raises(ValueError, match="--export_dir runs the export as exported"):
       predict_bin.main([])
 
@@ -110,8 +110,8 @@ def test_unreadable_files_are_reported_after_the_rest_is_written(setup, tmp_path
   (folder / "broken.png").write_bytes(b"not a png")
   (folder / "notes.txt").write_text("not an image, not taken from a folder")
   out = str(tmp_path / "out")
-  with flagsaver.flagsaver(checkpoint_dir=str(setup["root"] / "train"), input=[str(folder)], output_dir=out,
-                           progress_bar=False):
+  with flagsaver.flagsaver(checkpoint_dir=str(setup["root"] / "train"), input=[str(folder)], predict_logdir=out,
+                           show_progress=False):
     with pytest.raises(RuntimeError, match=r"1 file\(s\) could not be read as images.*broken.png"):
       predict_bin.main([])
   assert os.listdir(os.path.join(out, "labels")) == ["good.png"]

@@ -2,24 +2,24 @@
 
   # a converted model-zoo checkpoint (deeplab_convert_checkpoint), multi-scale + flipped as the papers
   deeplab_predict --checkpoint_path=/models/voc/model.keras --input='photos/*.jpg' \
-      --output_dir=/tmp/predictions --eval_scales=0.5 --eval_scales=0.75 --eval_scales=1.0 \
+      --predict_logdir=/tmp/predictions --eval_scales=0.5 --eval_scales=0.75 --eval_scales=1.0 \
       --eval_scales=1.25 --eval_scales=1.5 --eval_scales=1.75 --add_flipped_images
   # large images window by window; a SavedModel export (a version directory or a TF Serving base path)
-  deeplab_predict --checkpoint_dir=/train --input=/data/tiles --output_dir=/tmp/out \
+  deeplab_predict --checkpoint_dir=/train --input=/data/tiles --predict_logdir=/tmp/out \
       --predict_crop_size=513,513 --sliding_window
-  deeplab_predict --export_dir=/models/serving/deeplab --input=photo.jpg --output_dir=/tmp/out
+  deeplab_predict --export_dir=/models/serving/deeplab --input=photo.jpg --predict_logdir=/tmp/out
 
 --input is a comma-separated list of files, folders (their image files, not recursive) and globs;
 every file Pillow reads is accepted (JPEG, PNG, BMP, GIF, TIFF, WebP, ...) and converted to RGB.
 Outputs, for an input `<name>.<ext>`:
-  `<output_dir>/labels/<name>.png`          class ids as a palette PNG (values = ids, colours = colormap),
+  `<predict_logdir>/labels/<name>.png`          class ids as a palette PNG (values = ids, colours = colormap),
                                             as research/deeplab vis.py's raw predictions;
-  `<output_dir>/overlays/<name>.png`        the image blended with the prediction's colours
+  `<predict_logdir>/overlays/<name>.png`        the image blended with the prediction's colours
                                             (--colormap_type, default pascal; `dataset` picks
                                             cityscapes for 19 classes, ade20k for 151);
-  `<output_dir>/probabilities/<name>.npy`   float32 [height, width, num_classes] (--save_probabilities);
+  `<predict_logdir>/probabilities/<name>.npy`   float32 [height, width, num_classes] (--save_probabilities);
 and a summary (images, pixels, seconds, pixel share of each predicted class) printed and written to
-`<output_dir>/summary.json`. An unreadable file is reported and skipped; the run then ends with an
+`<predict_logdir>/summary.json`. An unreadable file is reported and skipped; the run then ends with an
 error listing them, after every other image is written. Every file operation goes through tf.io.gfile.
 
 Inference is `deeplab_tf.evaluation.inference.predict_probabilities` (research/deeplab's multi-scale and
@@ -48,14 +48,15 @@ from deeplab_tf.evaluation import inference
 FLAGS = flags.FLAGS
 
 flags.DEFINE_list("input", None, "Image files, folders of images and globs, comma-separated.")
-flags.DEFINE_string("output_dir", None, "Where labels/, overlays/, probabilities/ and summary.json go.")
+flags.DEFINE_string("predict_logdir", None, "Where labels/, overlays/, probabilities/ and summary.json go "
+                    "(as vis_logdir for deeplab_vis).")
 flags.DEFINE_string("export_dir", None, "A SavedModel of deeplab_export_model (a version directory, or a "
                     "TF Serving base path: its highest version) instead of a checkpoint.")
 flags.DEFINE_list("predict_crop_size", [], "height,width images are padded to (mean pixel); with "
                   "--sliding_window, the window larger images are cut into. Empty: each image at its own "
                   "size.")
 flags.DEFINE_boolean("save_probabilities", False, "Also write the class probabilities as .npy.")
-flags.DEFINE_boolean("progress_bar", True, "Show a progress bar.")
+flags.DEFINE_boolean("show_progress", True, "Show a progress bar (tqdm).")
 
 # File name endings taken from a folder (a glob or a file name is taken whatever its ending).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -137,8 +138,8 @@ def _predictor():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; give the images with --input.")
-  if not FLAGS.output_dir:
-    raise ValueError("--output_dir is required: where labels/, overlays/ and probabilities/ go.")
+  if not FLAGS.predict_logdir:
+    raise ValueError("--predict_logdir is required: where labels/, overlays/ and probabilities/ go.")
   files = list_images(FLAGS.input)
   predict, num_classes, source = _predictor()
   colormap = FLAGS.colormap_type
@@ -148,7 +149,7 @@ def main(argv):
   counts = np.zeros(num_classes, np.int64)
   failed, written = [], 0
   stems = set()
-  for path in tqdm(files, desc="predict", unit="image", disable=not FLAGS.progress_bar):
+  for path in tqdm(files, desc="predict", unit="image", disable=not FLAGS.show_progress):
     stem = os.path.splitext(os.path.basename(path))[0]
     if stem in stems:  # photo.jpg and photo.png in one run: keep both
       stem = os.path.basename(path).replace(".", "_")
@@ -162,23 +163,23 @@ def main(argv):
     probabilities = predict(image[np.newaxis]).numpy()[0]
     labels = probabilities.argmax(-1).astype(np.uint8 if num_classes <= 256 else np.int32)
     counts += np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
-    visualization.save_label_png(labels, os.path.join(FLAGS.output_dir, "labels", stem + ".png"), colormap)
+    visualization.save_label_png(labels, os.path.join(FLAGS.predict_logdir, "labels", stem + ".png"), colormap)
     visualization.save_image_png(visualization.overlay(image, labels, colormap, FLAGS.overlay_alpha),
-                                 os.path.join(FLAGS.output_dir, "overlays", stem + ".png"))
+                                 os.path.join(FLAGS.predict_logdir, "overlays", stem + ".png"))
     if FLAGS.save_probabilities:
-      with io_utils.atomic_open(os.path.join(FLAGS.output_dir, "probabilities", stem + ".npy")) as f:
+      with io_utils.atomic_open(os.path.join(FLAGS.predict_logdir, "probabilities", stem + ".npy")) as f:
         np.save(f, probabilities.astype(np.float32))
     written += 1
   seconds = time.time() - started
   summary = {"model": source, "images": written, "failed": failed, "pixels": int(counts.sum()),
              "seconds": round(seconds, 3), "colormap": colormap,
              "class_pixel_share": {str(c): float(n / max(counts.sum(), 1)) for c, n in enumerate(counts) if n},
-             "output_dir": FLAGS.output_dir}
-  io_utils.atomic_write_text(os.path.join(FLAGS.output_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
+             "output_dir": FLAGS.predict_logdir}
+  io_utils.atomic_write_text(os.path.join(FLAGS.predict_logdir, "summary.json"), json.dumps(summary, indent=1) + "\n")
   shares = ", ".join(f"class {c}: {100 * s:.1f}%" for c, s in summary["class_pixel_share"].items())
   print(f"{written} image(s), {summary['pixels']:,} pixels in {seconds:.1f} s "
         f"({seconds / max(written, 1):.2f} s per image) with {source}\npredicted pixels: {shares or 'none'}\n"
-        f"wrote {FLAGS.output_dir}/labels, overlays{', probabilities' if FLAGS.save_probabilities else ''} "
+        f"wrote {FLAGS.predict_logdir}/labels, overlays{', probabilities' if FLAGS.save_probabilities else ''} "
         "and summary.json")
   if failed:
     raise RuntimeError(f"{len(failed)} file(s) could not be read as images and were skipped: "
