@@ -328,7 +328,7 @@ def export_saved_model(model, export_dir: str, model_options: ModelOptions,
     raise ValueError(f"the model predicts {outputs[0].shape[-1]} classes but model_options.num_classes="
                      f"{model_options.num_classes}.")
   if not io_utils.has_scheme(export_dir):
-    export_dir = os.path.abspath(export_dir)
+    export_dir = os.path.abspath(export_dir)  # not-gfile: a local path (no scheme), made absolute
   export_dir = export_dir.rstrip("/")
   if tf.io.gfile.exists(export_dir) and not overwrite:
     raise FileExistsError(f"{export_dir} exists; choose a new --export_path or pass overwrite=True.")
