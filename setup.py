@@ -21,7 +21,9 @@ setup(
         "cityscapesscripts>=2.3,<3",
     ],
     extras_require={
-        "test": ["pytest"],
+        # Tests run TFLite exports with the LiteRT interpreter and build TF Serving's gRPC requests.
+        "test": ["pytest", "ai-edge-litert>=2.3,<3", "tensorflow-serving-api>=2.21,<2.22"],
+        "tflite": ["ai-edge-litert>=2.3,<3"],
         # DeepLabv2's dense CRF (deeplab_tf.evaluation.crf); builds from source, needs a C++ compiler.
         "crf": ["pydensecrf2>=1.1,<2"],
         "and-cuda": ["tensorflow[and-cuda]>=2.21,<2.22"],
@@ -32,6 +34,7 @@ setup(
             "deeplab_eval=deeplab_tf.bin.eval:run",
             "deeplab_vis=deeplab_tf.bin.vis:run",
             "deeplab_export_model=deeplab_tf.bin.export_model:run",
+            "deeplab_predict=deeplab_tf.bin.predict:run",
             "deeplab_convert_checkpoint=deeplab_tf.bin.convert_checkpoint:run",
         ],
     },

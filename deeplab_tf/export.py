@@ -8,7 +8,10 @@ flips. We export a TF2 SavedModel with two signatures (the inference is
 `serving_default` (encoded images, any sizes, one batch):
   inputs:  `image_bytes`: string `[batch]`, each a JPEG, PNG, GIF or BMP file's bytes (decoded with
            `tf.io.decode_image` to 3 channels; greyscale is expanded, alpha dropped). The `_bytes`
-           suffix lets REST clients send `{"b64": ...}` values.
+           suffix lets REST clients send `{"b64": ...}` values. An empty string, bytes of another
+           format (WebP, TIFF, ...) and an image of more than `max_image_pixels` pixels (read from the
+           file's header, before decoding) fail the request with an InvalidArgumentError naming
+           `image_bytes[i]`; the model keeps serving the next request.
   outputs: `semantic_predictions`: int32 `[batch, max_height, max_width]`, image i's class ids in
            `[:height[i], :width[i]]` and -1 elsewhere (padding to the batch's largest image);
            `probabilities`: float32 `[batch, max_height, max_width, num_classes]`, 0 in the padding;
@@ -21,21 +24,44 @@ flips. We export a TF2 SavedModel with two signatures (the inference is
   outputs: `semantic_predictions`: int32 `[batch, height, width]`;
            `probabilities`: float32 `[batch, height, width, num_classes]`.
 
-The export directory also holds `assets.extra/model_options.json` and `assets.extra/eval_options.json`
+TF Serving layout: a server is given a model *base path* and serves its highest integer-named
+subdirectory, `<base path>/<version>/saved_model.pb` (`versioned_export_dir` picks the next version).
+Our temporary directory's name is not an integer, so a server watching the base path never loads a
+half-written version.
+
+With the original export's `min_resize_value`/`max_resize_value`/`resize_factor`/`keep_aspect_ratio`,
+both signatures resize each image into that range first and return predictions at its own size.
+
+The export directory also holds `assets.extra/model_options.json`, `assets.extra/eval_options.json`,
+`assets.extra/resize.json`
 (the TF Serving convention for files beside the model). It is written to a temporary directory next to
-`export_dir` and renamed when complete.
+`export_dir` and renamed when complete. Every file operation goes through `tf.io.gfile`, so `gs://`
+(and `ram://`) paths work.
+
+`export_tflite` writes a TFLite flatbuffer for the LiteRT interpreter (research/deeplab's mobile path):
+  input:   `image_tensor`: uint8 `[1, height, width, 3]` RGB at a fixed size (the original's
+           `ImageTensor`); preprocessing is inside.
+  output:  `semantic_predictions`: int32 `[1, height, width]` class ids (the original's `ArgMax`).
+  quantize: `none` (float32), `float16` (weights stored as float16), `dynamic_range` (int8 weights,
+  float activations), `int8` (full integer: int8 weights and activations, calibrated on
+  representative images; the uint8 input is cast inside, so no input scale is involved).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
-import tempfile
-from typing import Optional, Sequence
+import posixpath
+import re
+import uuid
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from deeplab_tf import io_utils
+from deeplab_tf.data import preprocess
 from deeplab_tf.evaluation import inference
+from deeplab_tf.image_ops import resize_bilinear_align_corners, resize_nearest_align_corners
 from deeplab_tf.options import EvalOptions, ModelOptions
 
 SERVING_DEFAULT = "serving_default"
@@ -43,15 +69,84 @@ IMAGE_TENSOR_SIGNATURE = "image_tensor"
 EXTRA_DIR = "assets.extra"
 MODEL_OPTIONS_FILENAME = "model_options.json"
 EVAL_OPTIONS_FILENAME = "eval_options.json"
+RESIZE_FILENAME = "resize.json"
 # Label value of pixels outside an image in `serving_default`'s padded batch.
 PADDING_LABEL = -1
+# Largest image (height * width pixels) the signatures accept by default: 4096 x 4096. Larger requests
+# are refused before decoding rather than exhausting the server's memory.
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+TFLITE_QUANTIZE_MODES = ("none", "float16", "dynamic_range", "int8")
+_VERSION_RE = re.compile(r"^[0-9]+$")
+# Leading bytes of the formats tf.io.decode_image reads.
+_MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n", "GIF": b"GIF8", "BMP": b"BM"}
+# Header bytes read to find an image's size without decoding it (PNG IHDR ends at byte 24, BMP's
+# BITMAPINFOHEADER height at byte 26).
+_HEADER_BYTES = 26
+
+
+def _header_size(encoded):
+  """(height, width) int64 of a JPEG/PNG/GIF/BMP from its header, without decoding its pixels.
+
+  PNG: IHDR width/height, big-endian uint32 at bytes 16/20. GIF: logical screen width/height,
+  little-endian uint16 at bytes 6/8. BMP: BITMAPINFOHEADER width/height, little-endian int32 at bytes
+  18/22 (a negative height marks a top-down bitmap). JPEG: `tf.io.extract_jpeg_shape` (SOF marker).
+  Other bytes give (0, 0).
+  """
+  head = tf.io.decode_raw(tf.strings.substr(encoded + b"\0" * _HEADER_BYTES, 0, _HEADER_BYTES), tf.uint8)
+  b = tf.cast(head, tf.int64)
+
+  def number(start, count, big_endian):
+    order = range(count) if big_endian else reversed(range(count))
+    value = tf.constant(0, tf.int64)
+    for i in order:
+      value = value * 256 + b[start + i]
+    return value
+
+  def bmp_height():
+    raw = number(22, 4, False)
+    return tf.abs(tf.where(raw >= 2 ** 31, raw - 2 ** 32, raw))
+
+  prefix = lambda name: tf.equal(tf.strings.substr(encoded, 0, len(_MAGIC[name])), _MAGIC[name])
+  return tf.case([
+      (prefix("JPEG"), lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64)),
+      (prefix("PNG"), lambda: tf.stack([number(20, 4, True), number(16, 4, True)])),
+      (prefix("GIF"), lambda: tf.stack([number(8, 2, False), number(6, 2, False)])),
+      (prefix("BMP"), lambda: tf.stack([bmp_height(), number(18, 4, False)])),
+  ], default=lambda: tf.zeros([2], tf.int64))
+
+
+def _checked_decode(encoded, index, max_image_pixels: int):
+  """Decodes `image_bytes[index]` to uint8 `[h, w, 3]` after checks whose errors name the input.
+
+  Raises (when run):
+    tf.errors.InvalidArgumentError: empty bytes, a format decode_image does not read, or more than
+      `max_image_pixels` pixels.
+  """
+  length = tf.strings.length(encoded)
+  known = tf.reduce_any(tf.stack([tf.equal(tf.strings.substr(encoded, 0, len(m)), m)
+                                  for m in _MAGIC.values()]))
+  check_empty = tf.debugging.Assert(length > 0, [tf.strings.format(
+      "image_bytes[{}]: empty string; expected the bytes of a JPEG, PNG, GIF or BMP file", index)])
+  with tf.control_dependencies([check_empty]):
+    check_format = tf.debugging.Assert(known, [tf.strings.format(
+        "image_bytes[{}]: {} bytes that are not a JPEG, PNG, GIF or BMP file (the formats "
+        "tf.io.decode_image reads; WebP, TIFF and others must be converted first); first bytes {}",
+        (index, length, tf.io.decode_raw(tf.strings.substr(encoded + b"\0" * 8, 0, 8), tf.uint8)))])
+  with tf.control_dependencies([check_format]):
+    size = _header_size(encoded)
+    check_size = tf.debugging.Assert(size[0] * size[1] <= max_image_pixels, [tf.strings.format(
+        "image_bytes[{}]: image of {}x{} pixels exceeds the limit max_image_pixels={} of this export; "
+        "downscale it first", (index, size[0], size[1], max_image_pixels))])
+  with tf.control_dependencies([check_size]):
+    return tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
 
 
 class DeepLabServingModule(tf.Module):
   """A `tf.Module` holding the Keras model and the two serving functions (see the module docstring)."""
 
   def __init__(self, model, model_options: ModelOptions, eval_options: EvalOptions,
-               mean_pixel: Sequence[float]):
+               mean_pixel: Sequence[float], max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               resize: Optional[dict] = None):
     super().__init__(name="deeplab_serving")
     self.model = model
     # Built here, not while tracing: the model without its final upsampling (same weights).
@@ -59,30 +154,58 @@ class DeepLabServingModule(tf.Module):
     self._num_classes = model_options.num_classes
     self._eval_options = eval_options
     self._mean_pixel = tuple(float(v) for v in mean_pixel)
+    self._max_image_pixels = int(max_image_pixels)
+    self._resize = dict(resize or {})
 
-  def _probabilities(self, images):
-    return inference.predict_probabilities(self.model, images, self._eval_options,
-                                           mean_pixel=self._mean_pixel)
+  def _predict(self, images):
+    """(int32 labels [b, h, w], float32 probabilities [b, h, w, classes]) of uint8 images [b, h, w, 3].
+
+    With `resize` (research/deeplab export_model.py's min/max_resize_value, resize_factor,
+    keep_aspect_ratio): the image is first resized into the range (`preprocess.resize_to_range_size`,
+    bilinear, align_corners), predicted there, and the labels resized back to the image's size by nearest
+    neighbour with align_corners, as the original export does; the probabilities are resized back
+    bilinearly (align_corners).
+    """
+    if not (self._resize.get("min_resize_value") or self._resize.get("max_resize_value")):
+      probabilities = inference.predict_probabilities(self.model, images, self._eval_options,
+                                                      mean_pixel=self._mean_pixel)
+      return tf.argmax(probabilities, axis=-1, output_type=tf.int32), probabilities
+    size = tf.shape(images)[1:3]
+    new_size = preprocess.resize_to_range_size(
+        size[0], size[1], self._resize["min_resize_value"], self._resize.get("max_resize_value"),
+        self._resize.get("resize_factor"), self._resize.get("keep_aspect_ratio", True))
+    resized = resize_bilinear_align_corners(tf.cast(images, tf.float32), new_size)
+    probabilities = inference.predict_probabilities(self.model, resized, self._eval_options,
+                                                    mean_pixel=self._mean_pixel)
+    labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    labels = resize_nearest_align_corners(labels[..., tf.newaxis], size)[..., 0]
+    return labels, resize_bilinear_align_corners(probabilities, size)
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="image_tensor")])
   def image_tensor(self, image_tensor):
-    probabilities = self._probabilities(image_tensor)
-    return {"semantic_predictions": tf.argmax(probabilities, axis=-1, output_type=tf.int32),
-            "probabilities": probabilities}
+    shape = tf.shape(image_tensor, out_type=tf.int64)
+    check_size = tf.debugging.Assert(shape[1] * shape[2] <= self._max_image_pixels, [tf.strings.format(
+        "image_tensor: images of {}x{} pixels exceed the limit max_image_pixels={} of this export",
+        (shape[1], shape[2], self._max_image_pixels))])
+    with tf.control_dependencies([check_size]):
+      labels, probabilities = self._predict(image_tensor)
+    return {"semantic_predictions": labels, "probabilities": probabilities}
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
   def serve_encoded(self, image_bytes):
-    def decode(encoded):
-      return tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    indices = tf.range(tf.shape(image_bytes)[0])
 
-    sizes = tf.map_fn(lambda e: tf.shape(decode(e))[:2], image_bytes,
+    def decode(encoded, index):
+      return _checked_decode(encoded, index, self._max_image_pixels)
+
+    sizes = tf.map_fn(lambda e: tf.shape(decode(*e))[:2], (image_bytes, indices),
                       fn_output_signature=tf.TensorSpec([2], tf.int32))
     max_size = tf.reduce_max(tf.concat([sizes, tf.zeros([1, 2], tf.int32)], axis=0), axis=0)
 
-    def predict_one(encoded):
-      image = decode(encoded)
-      probabilities = self._probabilities(image[tf.newaxis])[0]
-      labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    def predict_one(element):
+      image = decode(*element)
+      labels, probabilities = self._predict(image[tf.newaxis])
+      labels, probabilities = labels[0], probabilities[0]
       shape = tf.shape(labels)
       paddings = [[0, max_size[0] - shape[0]], [0, max_size[1] - shape[1]]]
       labels = tf.pad(labels, paddings, constant_values=PADDING_LABEL)
@@ -90,80 +213,255 @@ class DeepLabServingModule(tf.Module):
       return labels, probabilities
 
     labels, probabilities = tf.map_fn(
-        predict_one, image_bytes,
+        predict_one, (image_bytes, indices),
         fn_output_signature=(tf.TensorSpec([None, None], tf.int32),
                              tf.TensorSpec([None, None, self._num_classes], tf.float32)))
     return {"semantic_predictions": labels, "probabilities": probabilities,
             "height": sizes[:, 0], "width": sizes[:, 1]}
 
 
+def _join(*parts: str) -> str:
+  return posixpath.join(*parts) if io_utils.has_scheme(parts[0]) else os.path.join(*parts)
+
+
+def _move_tree(source: str, destination: str) -> None:
+  """Moves directory `source` to `destination` (which must not exist).
+
+  Local directories are renamed (atomic). Other file systems (gs://, ram://) move file by file, since
+  a directory rename there does not carry its files; `saved_model.pb` goes last, so a TF Serving
+  watching the base path sees a version only once the rest of it is in place.
+  """
+  if not io_utils.has_scheme(source):
+    tf.io.gfile.rename(source, destination)
+    return
+  folders, files = [], []
+  for folder, _, names in tf.io.gfile.walk(source):
+    folders.append(folder)
+    files += [_join(folder, name) for name in names]
+  # ram://'s listing matches names by prefix (it reports a phantom "assets/.extra" beside
+  # "assets.extra"): keep only what exists as a file.
+  files = [f for f in files if tf.io.gfile.exists(f) and not tf.io.gfile.isdir(f)]
+  files.sort(key=lambda f: (posixpath.basename(f) == "saved_model.pb", f))
+  for folder in folders:
+    tf.io.gfile.makedirs(destination + folder[len(source):])
+  for path in files:
+    tf.io.gfile.rename(path, destination + path[len(source):])
+  for folder in sorted(folders, reverse=True):  # deepest first; now empty
+    try:
+      tf.io.gfile.rmtree(folder)
+    except tf.errors.NotFoundError:  # ram:// may list a folder twice
+      pass
+
+
+def _temporary_sibling(path: str, suffix: str) -> str:
+  """A hidden, non-integer name beside `path` (TF Serving ignores it as a version)."""
+  return _join(io_utils.dirname(path), f".{io_utils.basename(path)}.{uuid.uuid4().hex[:12]}{suffix}")
+
+
+def versioned_export_dir(base_path: str, version: Optional[int] = None) -> str:
+  """`<base_path>/<version>`: TF Serving's layout of a model's versions.
+
+  Args:
+    base_path: the model base path a TF Serving `--model_base_path` points at.
+    version: the version number; None takes one more than the highest existing integer-named
+      subdirectory (1 for a new base path).
+
+  Returns:
+    The version directory (not created).
+
+  Raises:
+    ValueError: `version` is negative, or `base_path` exists and is not a directory.
+  """
+  if version is not None and version < 0:
+    raise ValueError(f"export_version={version}: expected a non-negative integer.")
+  if tf.io.gfile.exists(base_path) and not io_utils.isdir(base_path):
+    raise ValueError(f"export_path={base_path} is a file; expected the model base path (a directory "
+                     "that holds one subdirectory per version).")
+  if version is None:
+    existing = [int(name.rstrip("/")) for name in
+                (tf.io.gfile.listdir(base_path) if io_utils.isdir(base_path) else [])
+                if _VERSION_RE.match(name.rstrip("/"))]
+    version = max(existing, default=0) + 1
+  return _join(base_path, str(version))
+
+
 def export_saved_model(model, export_dir: str, model_options: ModelOptions,
                        eval_options: Optional[EvalOptions] = None, *,
-                       mean_pixel: Optional[Sequence[float]] = None, overwrite: bool = False) -> str:
+                       mean_pixel: Optional[Sequence[float]] = None, overwrite: bool = False,
+                       max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                       resize: Optional[dict] = None) -> str:
   """Writes `model` as a SavedModel with `serving_default` and `image_tensor` signatures.
 
   Args:
     model: a `build_deeplab` Keras model (float32 or uint8 input), weights loaded.
-    export_dir: destination directory; must not exist unless `overwrite`.
+    export_dir: destination directory (for TF Serving, `versioned_export_dir(base_path)`); must not
+      exist unless `overwrite`. Any `tf.io.gfile` path (local, gs://, ram://).
     model_options: the model's architecture, stored as `assets.extra/model_options.json`.
     eval_options: inference scales / flipping / eval padding used by both signatures (the original's
       `--inference_scales`, `--add_flipped_images`); None is single scale, no flip, no padding.
       Sliding windows need static image sizes and cannot be exported.
     mean_pixel: RGB padding value for `eval_crop_size`; None takes the model's.
     overwrite: replace an existing `export_dir` (only after the new export is complete).
+    max_image_pixels: requests with a larger image (height * width) are refused with an error naming
+      the input (see the module docstring).
+    resize: `{"min_resize_value", "max_resize_value", "resize_factor", "keep_aspect_ratio"}` (the
+      original export_model.py's flags, e.g. `bin.eval_common.resize_from_flags()`): images are resized
+      into that range inside the export and the predictions resized back (`DeepLabServingModule._predict`);
+      stored as `assets.extra/resize.json`. None or no min/max value: no resize.
 
   Returns:
     `export_dir`.
 
   Raises:
     FileExistsError: `export_dir` exists and `overwrite` is False.
-    ValueError: `eval_options.sliding_window` is set, or the model's class count differs from
-      `model_options.num_classes`.
+    ValueError: `eval_options.sliding_window` is set, `max_image_pixels` < 1, or the model's class
+      count differs from `model_options.num_classes`.
   """
   eval_options = eval_options or EvalOptions()
   if eval_options.sliding_window:
     raise ValueError("sliding_window cannot be exported (it needs static image sizes); export without "
                      "it or with an eval_crop_size covering the largest image.")
+  if max_image_pixels < 1:
+    raise ValueError(f"max_image_pixels={max_image_pixels}: expected a positive number of pixels.")
   outputs = getattr(model, "outputs", None)
   if outputs and outputs[0].shape[-1] not in (None, model_options.num_classes):
     raise ValueError(f"the model predicts {outputs[0].shape[-1]} classes but model_options.num_classes="
                      f"{model_options.num_classes}.")
-  export_dir = os.path.abspath(export_dir)
-  if os.path.exists(export_dir) and not overwrite:
+  if not io_utils.has_scheme(export_dir):
+    export_dir = os.path.abspath(export_dir)  # not-gfile: a local path (no scheme), made absolute
+  export_dir = export_dir.rstrip("/")
+  if tf.io.gfile.exists(export_dir) and not overwrite:
     raise FileExistsError(f"{export_dir} exists; choose a new --export_path or pass overwrite=True.")
   if mean_pixel is None:
     mean_pixel = inference.model_mean_pixel(model)
-  module = DeepLabServingModule(model, model_options, eval_options, mean_pixel)
-  parent = os.path.dirname(export_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(export_dir) + ".", suffix=".tmp", dir=parent)
+  if resize:
+    preprocess.check_resize_values(resize.get("min_resize_value"), resize.get("max_resize_value"),
+                                   resize.get("resize_factor"))
+  module = DeepLabServingModule(model, model_options, eval_options, mean_pixel, max_image_pixels, resize)
+  tf.io.gfile.makedirs(io_utils.dirname(export_dir))
+  tmp = _temporary_sibling(export_dir, ".tmp")
   try:
-    tf.saved_model.save(module, tmp, signatures={
-        SERVING_DEFAULT: module.serve_encoded.get_concrete_function(),
-        IMAGE_TENSOR_SIGNATURE: module.image_tensor.get_concrete_function()})
-    extra = os.path.join(tmp, EXTRA_DIR)
-    os.makedirs(extra, exist_ok=True)
-    with open(os.path.join(extra, MODEL_OPTIONS_FILENAME), "w") as f:
-      f.write(model_options.to_json(indent=1) + "\n")
-    with open(os.path.join(extra, EVAL_OPTIONS_FILENAME), "w") as f:
-      f.write(eval_options.to_json(indent=1) + "\n")
-    if os.path.exists(export_dir):
-      old = tempfile.mkdtemp(prefix="." + os.path.basename(export_dir) + ".", suffix=".old", dir=parent)
-      os.rename(export_dir, os.path.join(old, "export"))
-      os.rename(tmp, export_dir)
-      shutil.rmtree(old, ignore_errors=True)
+    signatures = {SERVING_DEFAULT: module.serve_encoded.get_concrete_function(),
+                  IMAGE_TENSOR_SIGNATURE: module.image_tensor.get_concrete_function()}
+    # TF1-style loaders (TF Serving's C++ SavedModelBundle, `saved_model_cli run`) restore only the
+    # tf.Variables tracked as such; Keras 3 wraps its tf.Variables, so track the ones the signatures
+    # capture (as keras.export.ExportArchive does), else they load uninitialised.
+    captured = {id(v): v for f in signatures.values() for v in f.variables}
+    module.captured_variables = list(captured.values())
+    tf.saved_model.save(module, tmp, signatures=signatures)
+    extra = _join(tmp, EXTRA_DIR)
+    tf.io.gfile.makedirs(extra)
+    for name, text in ((MODEL_OPTIONS_FILENAME, model_options.to_json(indent=1)),
+                       (EVAL_OPTIONS_FILENAME, eval_options.to_json(indent=1)),
+                       (RESIZE_FILENAME, json.dumps(dict(resize or {}), indent=1))):
+      with tf.io.gfile.GFile(_join(extra, name), "w") as f:
+        f.write(text + "\n")
+    if tf.io.gfile.exists(export_dir):
+      old = _temporary_sibling(export_dir, ".old")
+      _move_tree(export_dir, old)
+      _move_tree(tmp, export_dir)
+      tf.io.gfile.rmtree(old)
     else:
-      os.rename(tmp, export_dir)
+      _move_tree(tmp, export_dir)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.rmtree(tmp)
     raise
   return export_dir
 
 
 def read_exported_model_options(export_dir: str) -> ModelOptions:
   """The `ModelOptions` stored with an export (raises FileNotFoundError naming the missing file)."""
-  path = os.path.join(export_dir, EXTRA_DIR, MODEL_OPTIONS_FILENAME)
-  if not os.path.isfile(path):
+  path = _join(export_dir, EXTRA_DIR, MODEL_OPTIONS_FILENAME)
+  if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path}: not found; is {export_dir} a deeplab_tf export?")
-  with open(path) as f:
-    return ModelOptions.from_json(f.read())
+  return ModelOptions.from_json(io_utils.read_text(path))
+
+
+def representative_images(file_pattern: str, input_size: Tuple[int, int], num_images: int,
+                          mean_pixel: Sequence[float]) -> Callable[[], Iterable[list]]:
+  """A TFLite `representative_dataset` of the first `num_images` images of TFRecord shards.
+
+  Each image is padded at the bottom/right with `mean_pixel` (as eval padding) and cut to
+  `input_size`, the TFLite model's fixed input, so calibration sees what inference will.
+
+  Args:
+    file_pattern: glob of the shards (`<dataset_dir>/<split>-*.tfrecord`), deeplab_tf's features.
+    input_size: (height, width) of the TFLite input in pixels.
+    num_images: how many images to calibrate on (`deeplab_export_model --num_calibration_images`;
+      100 or so is usual).
+    mean_pixel: RGB padding value.
+
+  Returns:
+    A generator function yielding `[uint8 [1, height, width, 3]]` lists.
+
+  Raises:
+    ValueError: no file matches `file_pattern`, or `num_images` < 1.
+  """
+  from deeplab_tf.data.features import parse_example
+  if num_images < 1:
+    raise ValueError(f"num_calibration_images={num_images}: expected at least one image.")
+  files = sorted(tf.io.gfile.glob(file_pattern))
+  if not files:
+    raise ValueError(f"no TFRecord file matches {file_pattern} (the calibration images of --quantize=int8).")
+  height, width = input_size
+
+  def generate():
+    for record in tf.data.TFRecordDataset(files).take(num_images):
+      image = parse_example(record)["image"][tf.newaxis]
+      padded = inference.pad_to_size(image, (height, width), mean_pixel)[:, :height, :width]
+      yield [tf.cast(tf.round(padded), tf.uint8).numpy()]
+
+  return generate
+
+
+def export_tflite(model, path: str, input_size: Tuple[int, int], *, quantize: str = "none",
+                  representative_dataset: Optional[Callable[[], Iterable[list]]] = None,
+                  overwrite: bool = False) -> str:
+  """Writes `model` as a TFLite flatbuffer (see the module docstring for its input and output).
+
+  Single scale, no flipping: the original's mobile export too ran the network once.
+
+  Args:
+    model: a `build_deeplab` Keras model (float32 or uint8 input), weights loaded.
+    path: the `.tflite` file to write (any `tf.io.gfile` path); must not exist unless `overwrite`.
+    input_size: (height, width) in pixels of the fixed input (e.g. 513, 513).
+    quantize: one of `TFLITE_QUANTIZE_MODES`.
+    representative_dataset: calibration images for `quantize="int8"` (see `representative_images`).
+    overwrite: replace an existing file.
+
+  Returns:
+    `path`.
+
+  Raises:
+    ValueError: an unknown `quantize`, int8 without `representative_dataset`, or a bad `input_size`.
+    FileExistsError: `path` exists and `overwrite` is False.
+  """
+  import keras
+  if quantize not in TFLITE_QUANTIZE_MODES:
+    raise ValueError(f"quantize={quantize!r}: expected one of {', '.join(TFLITE_QUANTIZE_MODES)}.")
+  if quantize == "int8" and representative_dataset is None:
+    raise ValueError("quantize='int8' needs representative images to calibrate on (--dataset_dir with "
+                     "TFRecords, see --num_calibration_images).")
+  if len(input_size) != 2 or min(input_size) < 1:
+    raise ValueError(f"input_size={input_size}: expected (height, width) in pixels, e.g. --crop_size=513,513.")
+  if tf.io.gfile.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} exists; choose a new --export_path or pass overwrite=True.")
+  images = keras.Input((*input_size, 3), batch_size=1, dtype="uint8", name=IMAGE_TENSOR_SIGNATURE)
+  logits = model(keras.ops.cast(images, model.inputs[0].dtype))
+  # tf.argmax, not keras.ops.argmax: the latter adds NaN handling (BitwiseAnd) TFLite has no kernel for.
+  labels = keras.layers.Lambda(lambda t: tf.argmax(t, axis=-1, output_type=tf.int32),
+                               name="semantic_predictions")(logits)
+  wrapper = keras.Model(images, {"semantic_predictions": labels})
+  converter = tf.lite.TFLiteConverter.from_keras_model(wrapper)
+  if quantize != "none":
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantize == "float16":
+    converter.target_spec.supported_types = [tf.float16]
+  elif quantize == "int8":
+    converter.representative_dataset = representative_dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+  flatbuffer = converter.convert()
+  with io_utils.atomic_open(path, "wb") as f:
+    f.write(flatbuffer)
+  return path

@@ -1,5 +1,6 @@
 """SavedModel export: reloaded in a fresh process with plain tf.saved_model.load, same predictions."""
 import io
+import json
 import os
 import subprocess
 import sys
@@ -103,3 +104,32 @@ def test_export_refuses_existing_dir_and_sliding_window(tmp_path):
   with pytest.raises(ValueError, match="predicts 4 classes but model_options.num_classes=5"):
     export_saved_model(model, str(tmp_path / "new"), OPTIONS.replace(num_classes=5))
   assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+
+def test_export_resizes_into_the_range_and_predicts_at_the_image_size(tmp_path):
+  """research/deeplab export_model.py's --min_resize_value/--max_resize_value/--resize_factor: the image is
+  resized into the range inside the export, predicted there, and the labels resized back (nearest)."""
+  from deeplab_tf.data import preprocess
+  from deeplab_tf.image_ops import resize_bilinear_align_corners, resize_nearest_align_corners
+  pixels = np.array(Image.open(PHOTO).convert("RGB"))[50:91, 10:67]  # 41x57
+  model = _model_with_varied_labels([pixels])
+  resize = dict(min_resize_value=33, max_resize_value=40, resize_factor=8, keep_aspect_ratio=True)
+  export_dir = export_saved_model(model, str(tmp_path / "export"), OPTIONS, resize=resize)
+  assert json.loads(open(os.path.join(export_dir, "assets.extra", "resize.json")).read()) == resize
+  out = tf.saved_model.load(export_dir).signatures["image_tensor"](image_tensor=pixels[None])
+  assert out["semantic_predictions"].shape == (1, 41, 57)
+  assert out["probabilities"].shape == (1, 41, 57, 4)
+  # By hand: max 40 lowered to 8k+1 = 33; 57 is the larger side -> scale 33/57 -> 23x33, sides raised
+  # to 8k+1 -> 25x33.
+  size = preprocess.resize_to_range_size(41, 57, 33, 40, 8).numpy()
+  np.testing.assert_array_equal(size, [25, 33])
+  resized = resize_bilinear_align_corners(tf.constant(pixels[None], tf.float32), size)
+  expected = inference.predict_probabilities(model, resized).numpy()
+  top2 = np.sort(expected, axis=-1)[..., -2:]
+  clear = resize_nearest_align_corners((top2[..., 1] - top2[..., 0] > 1e-4)[..., None].astype(np.uint8),
+                                       (41, 57)).numpy()[0, ..., 0] == 1
+  labels = resize_nearest_align_corners(expected.argmax(-1)[..., None].astype(np.int32), (41, 57)).numpy()
+  assert clear.mean() > 0.9 and len(np.unique(labels)) > 1
+  np.testing.assert_array_equal(out["semantic_predictions"].numpy()[0][clear], labels[0, ..., 0][clear])
+  with pytest.raises(ValueError, match="--max_resize_value=40 needs --min_resize_value"):
+    export_saved_model(model, str(tmp_path / "bad"), OPTIONS, resize=dict(max_resize_value=40))

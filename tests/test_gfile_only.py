@@ -28,11 +28,6 @@ DIRECT_FILE_CALL = re.compile(
 ALLOWED = {
     # The one home of atomic writes and of the local scratch folder (tarfile extraction).
     "deeplab_tf/io_utils.py": "the gfile helpers themselves",
-    # Owned by other rooms at the time of writing (issue 11's trainer, issue 9's export); remove each
-    # entry when its module is converted.
-    "deeplab_tf/export.py": "pending: export (issue 9)",
-    "deeplab_tf/bin/export_model.py": "pending: export (issue 9)",
-    "deeplab_tf/bin/predict.py": "pending: export (issue 9)",
 }
 
 

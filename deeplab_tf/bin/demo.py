@@ -146,7 +146,7 @@ def main(argv):
                           "--max_number_of_iterations=1"],
        steps)
   _run("export", ["deeplab_tf.bin.export_model", f"--checkpoint_dir={paths['train']}",
-                  f"--export_path={paths['export']}"], steps)
+                  f"--export_path={paths['export']}", "--export_version=1"], steps)
 
   photos, labels = _held_out_tiles(paths["data"], paths["serve"])
   served_path = os.path.join(paths["serve"], "served_labels.npz")
@@ -154,8 +154,10 @@ def main(argv):
   print(f"\n=== reload the SavedModel in a fresh process: python {script} ...", flush=True)
   t = time.time()
   # Run from memory with -c (the same text as the file kept for the user): --demo_dir may be a gs://
-  # folder, which python cannot execute a file from.
-  subprocess.run([sys.executable, "-c", SERVE_SCRIPT, paths["export"], served_path, *photos], check=True,
+  # folder, which python cannot execute a file from. TF Serving's layout: the model base path holds one
+  # directory per version.
+  export_version_dir = os.path.join(paths["export"], "1")
+  subprocess.run([sys.executable, "-c", SERVE_SCRIPT, export_version_dir, served_path, *photos], check=True,
                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   steps.append(("reload + segment in a fresh process", time.time() - t))
   _summarise(paths, photos, labels, served_path, train_seconds, steps, time.time() - started)

@@ -1,38 +1,85 @@
-"""Exports a checkpoint as a SavedModel for TF Serving (research/deeplab `export_model.py`'s flags).
+"""Exports a checkpoint for serving: a TF Serving SavedModel, or a TFLite model (research/deeplab
+`export_model.py`'s flags).
 
-  python -m deeplab_tf.bin.export_model --checkpoint_path=/train/ckpt-30000 --export_path=/export/1 \
+  # TF Serving: --export_path is the model base path; the SavedModel goes to <export_path>/<version>/
+  python -m deeplab_tf.bin.export_model --checkpoint_path=/train/ckpt-30000 --export_path=/models/deeplab \
       --inference_scales=1.0
+  # TFLite for the LiteRT interpreter: --export_path is the .tflite file; fixed input --crop_size
+  python -m deeplab_tf.bin.export_model --checkpoint_dir=/train --format=tflite --crop_size=513,513 \
+      --quantize=int8 --dataset_dir=/data/tfrecord --calibration_split=train \
+      --export_path=/models/deeplab_int8.tflite
+
+--min_resize_value, --max_resize_value, --resize_factor, --keep_aspect_ratio (the original's) resize each
+image into that range inside the SavedModel; predictions come back at the image's own size.
 
 The model's architecture comes from the `model_options.json` beside the checkpoint (or
---model_options_json). Signatures: see `deeplab_tf.export`.
+--model_options_json). Signatures, the TFLite model's input and output: see `deeplab_tf.export`.
 """
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from deeplab_tf.bin import eval_common
-from deeplab_tf.export import export_saved_model
+from deeplab_tf import export
 from deeplab_tf.options import EvalOptions
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("export_path", None, "Directory to write the SavedModel to (must not exist unless "
-                    "--overwrite).")
-flags.DEFINE_multi_float("inference_scales", [1.0], "Scales whose probabilities the export averages.")
+flags.DEFINE_string("export_path", None, "saved_model: the model base path TF Serving watches (the "
+                    "export goes to <export_path>/<export_version>/); tflite: the .tflite file.")
+flags.DEFINE_integer("export_version", None, "saved_model: version subdirectory to write; default one "
+                     "more than the highest existing version (1 for a new base path).")
+flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite"], "What to write.")
+flags.DEFINE_multi_float("inference_scales", [1.0], "Scales whose probabilities the export averages "
+                         "(saved_model only; a TFLite model runs one scale).")
 flags.DEFINE_list("crop_size", [], "height,width images are padded to inside the export (mean pixel); "
-                  "empty (default) runs each image at its own size.")
+                  "empty (default) runs each image at its own size. tflite: the fixed input size "
+                  "(default 513,513, the original's).")
+flags.DEFINE_integer("max_image_pixels", export.DEFAULT_MAX_IMAGE_PIXELS, "saved_model: requests with "
+                     "a larger image (height * width) are refused with an error naming the input.")
+flags.DEFINE_enum("quantize", "none", list(export.TFLITE_QUANTIZE_MODES), "tflite: none (float32), "
+                  "float16 (float16 weights), dynamic_range (int8 weights), int8 (full integer, calibrated "
+                  "on --num_calibration_images images of --dataset_dir's --calibration_split).")
+flags.DEFINE_string("calibration_split", "train", "tflite int8: split whose TFRecords calibrate.")
+flags.DEFINE_integer("num_calibration_images", 100, "tflite int8: how many images calibrate.")
+
+# The original's default TFLite / frozen-graph input size (export_model.py --crop_size).
+DEFAULT_TFLITE_SIZE = (513, 513)
 
 
 def main(argv):
   del argv
   if not FLAGS.export_path:
-    raise ValueError("--export_path is required: the SavedModel directory to write.")
+    raise ValueError("--export_path is required: the model base path (saved_model) or the .tflite file.")
+  crop_size = eval_common.parse_crop_size(FLAGS.crop_size, "crop_size")
   model, model_options = eval_common.load_model_from_flags(eval_common.checkpoint_from_flags())
-  eval_options = EvalOptions(eval_crop_size=eval_common.parse_crop_size(FLAGS.crop_size, "crop_size"),
-                             eval_scales=tuple(FLAGS.inference_scales),
-                             add_flipped_images=FLAGS.add_flipped_images)
-  path = export_saved_model(model, FLAGS.export_path, model_options, eval_options, overwrite=FLAGS.overwrite)
+  if FLAGS.format == "tflite":
+    size = crop_size or DEFAULT_TFLITE_SIZE
+    if FLAGS.inference_scales != [1.0] or FLAGS.add_flipped_images:
+      raise ValueError("--format=tflite runs one scale without flipping; drop --inference_scales and "
+                       "--add_flipped_images.")
+    if FLAGS.min_resize_value or FLAGS.max_resize_value:
+      raise ValueError("--format=tflite has a fixed input size (--crop_size): resize images to it before "
+                       "inference; drop --min_resize_value/--max_resize_value.")
+    representative = None
+    if FLAGS.quantize == "int8":
+      pattern = eval_common.split_pattern(FLAGS.dataset_dir, FLAGS.calibration_split, "calibration_split")
+      from deeplab_tf.evaluation.inference import model_mean_pixel
+      representative = export.representative_images(pattern, size, FLAGS.num_calibration_images,
+                                                    model_mean_pixel(model))
+    logging.info("TFLite input: uint8 [1, %d, %d, 3], quantize=%s", size[0], size[1], FLAGS.quantize)
+    path = export.export_tflite(model, FLAGS.export_path, size, quantize=FLAGS.quantize,
+                                representative_dataset=representative, overwrite=FLAGS.overwrite)
+  else:
+    if FLAGS.quantize != "none":
+      raise ValueError(f"--quantize={FLAGS.quantize} applies to --format=tflite only.")
+    eval_options = EvalOptions(eval_crop_size=crop_size, eval_scales=tuple(FLAGS.inference_scales),
+                               add_flipped_images=FLAGS.add_flipped_images)
+    export_dir = export.versioned_export_dir(FLAGS.export_path, FLAGS.export_version)
+    path = export.export_saved_model(model, export_dir, model_options, eval_options,
+                                     overwrite=FLAGS.overwrite, max_image_pixels=FLAGS.max_image_pixels,
+                                     resize=eval_common.resize_from_flags())
   print(f"wrote {path}")
 
 

@@ -46,7 +46,6 @@ class Row:
     binaries: our binaries that must accept the flag; default: the one standing for `file` (all four for
       common.py).
     accepted: renamed: our spelling.
-    room: the work room building the flag, when another one than this file's (checked once merged).
     kind: DEFINE kind when this module defines the original spelling to refuse it ("integer", "boolean",
       "float", "string", "multi_float").
   """
@@ -58,7 +57,6 @@ class Row:
   note: str
   binaries: Optional[Tuple[str, ...]] = None
   accepted: Optional[str] = None
-  room: Optional[str] = None
   kind: Optional[str] = None
 
   def __post_init__(self):
@@ -80,8 +78,8 @@ def _row(name, file, default, status, note, **kwargs):
   return Row(name, file, default, status, note, **kwargs)
 
 
-_RESIZE = ("`deeplab_tf.data.preprocess.resize_to_range`, first thing of training and eval/vis preprocessing "
-           "(export_model: room r9deploy)")
+_RESIZE = ("`deeplab_tf.data.preprocess.resize_to_range`, first thing of training and eval/vis preprocessing; "
+           "inside a SavedModel export, predictions resized back to the image (not for --format=tflite)")
 _MODEL = "model flag (see above)"
 _TF1_CLUSTER = ("TF1 graph replication; tf.distribute replaces it (--strategy=mirrored|multi_worker|tpu, "
                 "TF_CONFIG for multi-worker)")
@@ -107,13 +105,13 @@ def _eval_and_vis_rows(file: str) -> Tuple[Row, ...]:
 
 ROWS: Tuple[Row, ...] = (
     # common.py
-    _row("min_resize_value", "common.py", None, SAME, _RESIZE, binaries=TRAIN_EVAL_VIS),
+    _row("min_resize_value", "common.py", None, SAME, _RESIZE, binaries=ALL_BINARIES),
     _row("max_resize_value", "common.py", None, SAME, _RESIZE + "; needs --min_resize_value (the "
-         "original fails without it)", binaries=TRAIN_EVAL_VIS),
-    _row("resize_factor", "common.py", None, SAME, _RESIZE, binaries=TRAIN_EVAL_VIS),
+         "original fails without it)", binaries=ALL_BINARIES),
+    _row("resize_factor", "common.py", None, SAME, _RESIZE, binaries=ALL_BINARIES),
     _row("keep_aspect_ratio", "common.py", True, SAME, _RESIZE + "; the original defines it but its "
          "input_preprocess never passes it on (always True there); ours passes it to resize_to_range",
-         binaries=TRAIN_EVAL_VIS),
+         binaries=ALL_BINARIES),
     _row("logits_kernel_size", "common.py", 1, SAME, _MODEL),
     _row("model_variant", "common.py", "mobilenet_v2", SAME, _MODEL),
     _row("image_pyramid", "common.py", None, REFUSED, "multi-scale inputs inside the model "
@@ -169,7 +167,7 @@ ROWS: Tuple[Row, ...] = (
     _row("train_logdir", "train.py", None, SAME, "checkpoints, model_options.json and summaries"),
     _row("log_steps", "train.py", 10, SAME, "log line every log_steps"),
     _row("save_interval_secs", "train.py", 1200, SAME, "time-based checkpoints beside "
-         "--save_interval_steps", room="r11trainer"),
+         "--save_interval_steps"),
     _row("save_summaries_secs", "train.py", 600, RENAMED, "summaries are written every this many steps",
          accepted="--save_summaries_steps", kind="integer"),
     _row("save_summaries_images", "train.py", False, SAME, "image, label and prediction summaries"),
@@ -241,10 +239,14 @@ ROWS: Tuple[Row, ...] = (
          "original; --checkpoint_path visualises that one checkpoint once"),
     # export_model.py
     _row("checkpoint_path", "export_model.py", None, SAME, "a checkpoint prefix, log directory or .keras"),
-    _row("export_path", "export_model.py", None, SAME, "a SavedModel directory (not a frozen graph)"),
+    _row("export_path", "export_model.py", None, SAME, "TF Serving's model base path: the SavedModel goes "
+         "to <export_path>/<version> (--export_version, default the next); the .tflite file with "
+         "--format=tflite (not a frozen graph)"),
     _row("num_classes", "export_model.py", 21, SAME, _MODEL),
-    _row("crop_size", "export_model.py", [513, 513], SAME, "padding size inside the export",
-         room="r9deploy"),
+    _row("crop_size", "export_model.py", [513, 513], NOT_APPLICABLE, "ours defaults to no padding: the "
+         "SavedModel takes images of any size, each at its own size (the original's export padded to "
+         "513x513 and could not take a larger image); --crop_size=513,513 pads as the original, and "
+         "--format=tflite needs a fixed size (513x513 unless given)"),
     _row("atrous_rates", "export_model.py", None, SAME, _MODEL),
     _row("output_stride", "export_model.py", 8, NOT_APPLICABLE, "one --output_stride serves every binary, "
          "default 16 as train/eval/vis; the export takes the trained model's from model_options.json "
@@ -253,8 +255,8 @@ ROWS: Tuple[Row, ...] = (
     _row("inference_scales", "export_model.py", [1.0], SAME, "multi-scale inference inside the export"),
     _row("add_flipped_images", "export_model.py", False, SAME, "inside the export"),
     _row("quantize_delay_step", "export_model.py", -1, REFUSED, _QUANTIZE),
-    _row("save_inference_graph", "export_model.py", False, SAME, "graph text beside the export",
-         room="r9deploy"),
+    _row("save_inference_graph", "export_model.py", False, REFUSED, "a SavedModel carries its graph: "
+         "inspect it with `saved_model_cli show --all --dir <export>`", kind="boolean"),
 )
 
 _DEFINE = {"integer": flags.DEFINE_integer, "boolean": flags.DEFINE_boolean, "float": flags.DEFINE_float,
@@ -274,10 +276,9 @@ _define_refusals()
 
 
 def counts() -> dict:
-  """{status: number of (file, flag) rows}; "flags": distinct names; "same_elsewhere": same rows of other rooms."""
+  """{status: number of (file, flag) rows}; "flags": distinct names."""
   result = {status: sum(row.status == status for row in ROWS) for status in STATUSES}
   result["flags"] = len({row.name for row in ROWS})
-  result["same_elsewhere"] = sum(row.status == SAME and row.room is not None for row in ROWS)
   return result
 
 
@@ -312,10 +313,7 @@ def render_markdown() -> str:
       "as the original's eval.py allows).",
       "",
       f"{len(ROWS)} definitions of {total['flags']} distinct flags: "
-      + ", ".join(f"{total[s]} {s}" for s in STATUSES)
-      + f" ({total['same_elsewhere']} of the same built by other work rooms).",
-      "Rows naming a room are built by that work room (merged separately); the test checks them once they "
-      "are merged.",
+      + ", ".join(f"{total[s]} {s}" for s in STATUSES) + ".",
   ]
   for file in ORIGINAL_FILES:
     rows = [row for row in ROWS if row.file == file]
@@ -324,7 +322,7 @@ def render_markdown() -> str:
               "", "| flag | original default | status | ours | binaries |", "|---|---|---|---|---|"]
     for row in rows:
       status = f"renamed: `{row.accepted}`" if row.status == RENAMED else row.status
-      note = row.note + (f" (room {row.room})" if row.room else "")
+      note = row.note
       lines.append(f"| `{row.name}` | `{row.default!r}` | {status} | {_cell(note)} | "
                    f"{', '.join(row.binaries)} |")
   return "\n".join(lines) + "\n"
