@@ -5,9 +5,10 @@ workers with parameter servers. Here the same data-parallel training goes throug
 'default' (one device), 'mirrored' (all local GPUs, or all logical CPUs), 'multi_worker'
 (`MultiWorkerMirroredStrategy`, cluster from `TF_CONFIG`) and 'tpu' (`TPUStrategy`).
 
-Synchronised BatchNorm: Keras' `BatchNormalization(synchronized=True)` reads its `synchronized`
-attribute at call time (it all-reduces the batch sums across replicas in `_moments`), so it can be
-switched on a built model, before the training step is traced; the model builder needs no change.
+Synchronised BatchNorm: our `model.layers.FusedBatchNormalization` (like Keras' BatchNormalization,
+its base) reads its `synchronized` attribute at call time (it then all-reduces the batch sums across
+replicas instead of running the per-replica fused kernel), so it can be switched on a built model,
+before the training step is traced; the model builder needs no change.
 """
 
 from __future__ import annotations
