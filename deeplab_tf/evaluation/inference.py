@@ -39,6 +39,29 @@ from deeplab_tf.options import EvalOptions
 # The name build_deeplab gives the layer resizing the logits to the input size.
 UPSAMPLE_LAYER_NAME = "upsample_logits"
 _LOW_RESOLUTION_MODELS = weakref.WeakKeyDictionary()
+_COMPILED_NETWORKS = weakref.WeakKeyDictionary()
+
+
+def compiled_network(network):
+  """`images -> network(images, training=False)` as a `tf.function` cached per network.
+
+  Every prediction goes through it, so eval, vis, the demo and `predict_*` run the network as one
+  compiled graph (grappler fuses each convolution with its BatchNorm and ReLU) instead of op by op
+  (1.7x slower at 513x513). Retracing is bounded: after a second input shape the function is traced
+  once more with relaxed (unknown) dimensions that serve every later size (`reduce_retracing`). For
+  debugging, `tf.config.run_functions_eagerly(True)` runs it eagerly. Inside another `tf.function`
+  (the export) it is inlined. Objects that cannot be weakly referenced are called directly.
+  """
+  try:
+    return _COMPILED_NETWORKS[network]
+  except KeyError:
+    pass
+  except TypeError:
+    return lambda images: network(images, training=False)
+  reference = weakref.ref(network)  # The cache must not keep the network alive.
+  function = tf.function(lambda images: reference()(images, training=False), reduce_retracing=True)
+  _COMPILED_NETWORKS[network] = function
+  return function
 
 
 def model_mean_pixel(model) -> tuple:
@@ -136,7 +159,7 @@ def _multi_scale_probabilities(model, images, scales: Sequence[float], add_flipp
     scaled = images if scale == 1.0 else resize_bilinear_align_corners(
         images, scaled_size(size, scale))
     batch = tf.concat([scaled, tf.reverse(scaled, [2])], axis=0) if add_flipped_images else scaled
-    logits = tf.cast(network(_model_input(model, batch), training=False), tf.float32)
+    logits = tf.cast(compiled_network(network)(_model_input(model, batch)), tf.float32)
     probabilities = tf.nn.softmax(resize_bilinear_align_corners(logits, size))
     if add_flipped_images:
       plain, flipped = tf.split(probabilities, 2, axis=0)
