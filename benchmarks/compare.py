@@ -40,7 +40,9 @@ flags.DEFINE_integer("inference_batch", 1, "Inference batch.")
 flags.DEFINE_integer("train_batch", 2, "Training batch.")
 flags.DEFINE_integer("rounds", 10, "Timed rounds (one call per candidate per round).")
 flags.DEFINE_integer("warmup", 2, "Untimed calls per worker after tracing.")
-flags.DEFINE_integer("max_workers", 6, "Most worker processes alive at once (memory).")
+flags.DEFINE_integer("max_workers", 6, "Most inference worker processes alive at once (memory).")
+flags.DEFINE_integer("max_train_workers", 3, "Most training worker processes alive at once (one "
+                     "Xception-65 training worker at 513, batch 2, holds about 5 GB).")
 FLAGS = flags.FLAGS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -78,6 +80,12 @@ def candidates(phase):
             ("previous bf16", previous, dict(base, candidate="deeplab_tf",
                                              precision="mixed_bfloat16")),
             ("today bf16", ROOT, dict(base, candidate="deeplab_tf", precision="mixed_bfloat16"))]
+  if phase == "train":
+    result += [("today fp32 1x1 as conv", ROOT, dict(base, candidate="deeplab_tf",
+                                                    precision="float32", pointwise_as_matmul=False)),
+               ("today bf16 1x1 as conv", ROOT, dict(base, candidate="deeplab_tf",
+                                                    precision="mixed_bfloat16",
+                                                    pointwise_as_matmul=False))]
   if phase == "inference":
     result += [("previous fp32 eager", previous, dict(base, candidate="deeplab_tf_eager",
                                                       precision="float32")),
@@ -152,10 +160,14 @@ def run_group(group):
   for r in range(FLAGS.rounds):
     order = ready[r % len(ready):] + ready[:r % len(ready)]
     for worker in order:
-      worker.run()
+      try:
+        worker.run()
+      except (RuntimeError, BrokenPipeError, ValueError) as e:  # e.g. killed when out of memory
+        print(f"  {worker.name} dropped in round {r}: {e}", flush=True)
+        ready.remove(worker)
   for worker in ready:
     worker.stop()
-  return ready
+  return [w for w in ready if w.times]
 
 
 def load():
@@ -169,6 +181,9 @@ def report(phase, groups):
   peaks = {}
   rows = []
   for group in groups:
+    if not group or group[0].name != reference.name:
+      print(f"(a group lost its reference {reference.name}: {[w.name for w in group]} not reported)")
+      continue
     group_ref = statistics.median(group[0].times)
     for worker in group:
       if worker is not reference and worker.name == reference.name:
@@ -212,7 +227,7 @@ def main(argv):
   for phase in FLAGS.phases:
     entries = candidates(phase)
     first, rest = entries[0], entries[1:]
-    size = max(1, FLAGS.max_workers - 1)
+    size = max(1, (FLAGS.max_workers if phase == "inference" else FLAGS.max_train_workers) - 1)
     groups = []
     for start in range(0, len(rest), size):
       group = [first] + rest[start:start + size]

@@ -112,6 +112,9 @@ def model_runner(args):
     crop = crop - crop % 32
   builder = {"keras_hub": build_keras_hub, "tf_models": build_tf_models}.get(candidate,
                                                                              build_deeplab_tf)
+  if "pointwise_as_matmul" in args:
+    from deeplab_tf.model import layers  # pylint: disable=g-import-not-at-top
+    layers.POINTWISE_AS_MATMUL_IN_TRAINING = args["pointwise_as_matmul"]
   model = builder(crop)
   if candidate == "deeplab_tf_folded":
     from deeplab_tf.model.folding import fold_batch_norm  # pylint: disable=g-import-not-at-top

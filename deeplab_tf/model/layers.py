@@ -136,6 +136,36 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     return tf.cast(outputs, inputs.dtype)
 
 
+# Training computes 1x1 stride-1 convolutions as matrix products (see `PointwiseConv2D`); False
+# keeps the convolution kernel (benchmarks/compare.py times both).
+POINTWISE_AS_MATMUL_IN_TRAINING = True
+
+
+@keras.saving.register_keras_serializable(package="deeplab_tf")
+class PointwiseConv2D(keras.layers.Conv2D):
+  """A 1x1, stride-1, undilated `Conv2D` that trains as one matrix product.
+
+  The same layer (class, variables `kernel` `[1, 1, in, out]` and `bias`, config) as Keras' Conv2D;
+  with `training=True` it computes `reshape(x, [-1, in]) @ reshape(kernel, [in, out])`, whose two
+  backward products run on TF's MatMul kernels, faster than oneDNN's convolution backward passes
+  for these shapes (Xception's pointwise convolutions carry most of its multiply-adds). Inference
+  keeps the convolution, which grappler fuses with the BatchNorm and ReLU after it.
+  """
+
+  def call(self, inputs, training=None):
+    if not (training and POINTWISE_AS_MATMUL_IN_TRAINING and self.data_format == "channels_last"):
+      return super().call(inputs)
+    channels = inputs.shape[-1]
+    flat = tf.reshape(inputs, [-1, channels])
+    outputs = tf.matmul(flat, tf.reshape(self.kernel, [channels, self.filters]))
+    if self.use_bias:
+      outputs = tf.nn.bias_add(outputs, self.bias)
+    outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], [self.filters]], axis=0))
+    if self.activation is not None:
+      outputs = self.activation(outputs)
+    return outputs
+
+
 def batch_norm(x, scope: str, params: BatchNormParams):
   """BatchNorm with scale and centre, named `<scope>.BatchNorm` (slim's `<scope>/BatchNorm`).
 
@@ -203,8 +233,9 @@ def conv2d_same(x, filters: int, kernel_size: int, stride: int, rate: int, scope
     padding = "same"
   if use_bias is None:
     use_bias = bn_params is None
-  x = keras.layers.Conv2D(filters, kernel_size, strides=stride, dilation_rate=rate, padding=padding,
-                          use_bias=use_bias, kernel_initializer=kernel_initializer, name=name)(x)
+  conv = PointwiseConv2D if kernel_size == 1 and stride == 1 and rate == 1 else keras.layers.Conv2D
+  x = conv(filters, kernel_size, strides=stride, dilation_rate=rate, padding=padding,
+           use_bias=use_bias, kernel_initializer=kernel_initializer, name=name)(x)
   if bn_params is not None:
     x = batch_norm(x, scope, bn_params)
   if activation:
