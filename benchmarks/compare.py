@@ -38,7 +38,8 @@ flags.DEFINE_list("only", [], "Run only these candidate names (default: all avai
 flags.DEFINE_integer("crop", 513, "Square crop in pixels.")
 flags.DEFINE_integer("inference_batch", 1, "Inference batch.")
 flags.DEFINE_integer("train_batch", 2, "Training batch.")
-flags.DEFINE_integer("rounds", 10, "Timed rounds (one call per candidate per round).")
+flags.DEFINE_integer("rounds", 10, "Timed inference rounds (one call per candidate per round).")
+flags.DEFINE_integer("train_rounds", 5, "Timed training rounds (one step per candidate per round).")
 flags.DEFINE_integer("warmup", 2, "Untimed calls per worker after tracing.")
 flags.DEFINE_integer("max_workers", 6, "Most inference worker processes alive at once (memory).")
 flags.DEFINE_integer("max_train_workers", 3, "Most training worker processes alive at once (one "
@@ -90,7 +91,9 @@ def candidates(phase):
     result += [("previous fp32 eager", previous, dict(base, candidate="deeplab_tf_eager",
                                                       precision="float32")),
                ("today fp32 BN folded", ROOT, dict(base, candidate="deeplab_tf_folded",
-                                                   precision="float32"))]
+                                                   precision="float32")),
+               ("today bf16 BN folded", ROOT, dict(base, candidate="deeplab_tf_folded",
+                                                   precision="mixed_bfloat16"))]
   if FLAGS.keras_hub_path:
     result.append(("keras-hub DeepLabV3Plus R50 fp32", FLAGS.keras_hub_path + os.pathsep + ROOT,
                    dict(base, candidate="keras_hub", precision="float32")))
@@ -157,7 +160,8 @@ def run_group(group):
     except RuntimeError as e:
       print(f"  skipped: {e}", flush=True)
       worker.stop()
-  for r in range(FLAGS.rounds):
+  rounds = FLAGS.rounds if group[0][2]["mode"] == "inference" else FLAGS.train_rounds
+  for r in range(rounds):
     order = ready[r % len(ready):] + ready[:r % len(ready)]
     for worker in order:
       try:
@@ -194,7 +198,8 @@ def report(phase, groups):
       if worker.name.startswith("matmul"):
         peaks[worker.name] = 2 * worker.multiply_adds / scaled / 1e9
       rows.append((worker, median, scaled))
-  print(f"\n## {phase}: crop {FLAGS.crop}, batch {batch}, {FLAGS.rounds} interleaved rounds")
+  rounds = FLAGS.rounds if phase == "inference" else FLAGS.train_rounds
+  print(f"\n## {phase}: crop {FLAGS.crop}, batch {batch}, {rounds} interleaved rounds")
   print(f"reference: {reference.name} (median {ref_median:.3f} s); 'x faster' = reference / candidate")
   print("| candidate | median s | x faster than reference | GFLOP/s | % of fp32 matmul peak | "
         "multiply-adds (G) |")

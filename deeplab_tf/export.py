@@ -36,6 +36,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from deeplab_tf.evaluation import inference
+from deeplab_tf.model.folding import fold_batch_norm
 from deeplab_tf.options import EvalOptions, ModelOptions
 
 SERVING_DEFAULT = "serving_default"
@@ -133,7 +134,8 @@ def export_saved_model(model, export_dir: str, model_options: ModelOptions,
     raise FileExistsError(f"{export_dir} exists; choose a new --export_path or pass overwrite=True.")
   if mean_pixel is None:
     mean_pixel = inference.model_mean_pixel(model)
-  module = DeepLabServingModule(model, model_options, eval_options, mean_pixel)
+  # Served with every BatchNorm folded into its convolution (the same function to float32 rounding).
+  module = DeepLabServingModule(fold_batch_norm(model), model_options, eval_options, mean_pixel)
   parent = os.path.dirname(export_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix="." + os.path.basename(export_dir) + ".", suffix=".tmp", dir=parent)

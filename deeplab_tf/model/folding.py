@@ -81,14 +81,16 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
   Returns:
     A new functional model with the same inputs, outputs, layer names and dtype policies, whose
     folded convolutions have a bias and whose folded BatchNorms are `FoldedBatchNorm` identities. Call it
-    with `training=False` semantics only (it has no batch statistics to compute).
-
-  Raises:
-    ValueError: `model` is not a functional model.
+    with `training=False` semantics only (it has no batch statistics to compute). `model` itself
+    when there is nothing to fold, or when it is not a functional Keras model (a Sequential or
+    subclassed model, whose graph cannot be rewritten).
   """
-  if not getattr(model, "_is_graph_network", False) and not hasattr(model, "_nodes_by_depth"):
-    raise ValueError(f"fold_batch_norm needs a functional Keras model; got {type(model).__name__}.")
+  if not isinstance(model, keras.Model) or isinstance(model, keras.Sequential) or not getattr(
+      model, "_nodes_by_depth", None):
+    return model
   pairs = foldable_pairs(model)
+  if not pairs:
+    return model
   folded_convs = {conv: bn for bn, conv in pairs.items()}
 
   def clone(layer):
