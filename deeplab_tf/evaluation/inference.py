@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from deeplab_tf.image_ops import resize_bilinear_align_corners
 from deeplab_tf.model import layers as model_layers
+from deeplab_tf.model.folding import fold_batch_norm
 from deeplab_tf.options import EvalOptions
 
 # The name build_deeplab gives the layer resizing the logits to the input size.
@@ -46,11 +47,13 @@ def compiled_network(network):
   """`images -> network(images, training=False)` as a `tf.function` cached per network.
 
   Every prediction goes through it, so eval, vis, the demo and `predict_*` run the network as one
-  compiled graph (grappler fuses each convolution with its BatchNorm and ReLU) instead of op by op
-  (1.7x slower at 513x513). Retracing is bounded: after a second input shape the function is traced
-  once more with relaxed (unknown) dimensions that serve every later size (`reduce_retracing`). For
-  debugging, `tf.config.run_functions_eagerly(True)` runs it eagerly. Inside another `tf.function`
-  (the export) it is inlined. Objects that cannot be weakly referenced are called directly.
+  compiled graph instead of op by op (2.2x slower at 513x513), with each BatchNorm folded into its
+  convolution from the live variables (`fold_batch_norm(live=True)`: the same function to float32
+  rounding, and it follows later changes of the weights). Retracing is bounded: after a second input
+  shape the function is traced once more with relaxed (unknown) dimensions that serve every later
+  size (`reduce_retracing`). For debugging, `tf.config.run_functions_eagerly(True)` runs it eagerly.
+  Inside another `tf.function` (the export) it is inlined. Objects that cannot be weakly referenced
+  are called directly.
   """
   try:
     return _COMPILED_NETWORKS[network]
@@ -58,8 +61,8 @@ def compiled_network(network):
     pass
   except TypeError:
     return lambda images: network(images, training=False)
-  reference = weakref.ref(network)  # The cache must not keep the network alive.
-  function = tf.function(lambda images: reference()(images, training=False), reduce_retracing=True)
+  folded = fold_batch_norm(network, live=True)  # Shares the layers; does not refer to `network`.
+  function = tf.function(lambda images: folded(images, training=False), reduce_retracing=True)
   _COMPILED_NETWORKS[network] = function
   return function
 

@@ -54,3 +54,23 @@ def test_the_cache_does_not_keep_models_alive():
   del model
   gc.collect()
   assert reference() is None
+
+
+def test_compiled_predictions_follow_weight_changes():
+  """The compiled network folds BN from the live variables: a later change of a BN is seen."""
+  model = _model()
+  rng = np.random.default_rng(2)
+  for weight in model.weights:  # Weights whose logits are not all ~0 (unlike the initial ones).
+    positive = "variance" in weight.path or "gamma" in weight.path
+    weight.assign(rng.uniform(0.5, 1.5, weight.shape) if positive else
+                  0.3 * rng.standard_normal(weight.shape))
+  images = rng.uniform(0, 255, (1, 33, 33, 3)).astype(np.float32)
+  before = inference.predict_probabilities(model, images).numpy()
+  bn = model.get_layer("MobilenetV2.Conv.BatchNorm")
+  bn.gamma.assign(bn.gamma * 3.0)
+  bn.moving_mean.assign(bn.moving_mean + 0.5)
+  after = inference.predict_probabilities(model, images).numpy()
+  # Expected: the unfolded model's own logits (with its final align-corners upsampling), softmaxed.
+  expected = tf.nn.softmax(model(images, training=False)).numpy()
+  assert np.abs(after - before).max() > 1e-3
+  np.testing.assert_allclose(after, expected, atol=1e-5)

@@ -86,3 +86,20 @@ def test_mobilenet_v2_folded():
   x = np.random.default_rng(0).uniform(0, 255, (1, 65, 65, 3)).astype(np.float32)
   assert _relative_difference(folded(x, training=False).numpy(),
                               model(x, training=False).numpy()) <= 1e-5
+
+
+def test_live_folding_shares_the_variables():
+  inputs = keras.Input((9, 9, 3), name="images")
+  x = layers.conv2d_same(inputs, 4, 3, 2, 1, "a", bn_params=layers.BatchNormParams())
+  model = keras.Model(inputs, layers.depthwise_conv2d_same(
+      x, 3, 1, 1, "b", bn_params=layers.BatchNormParams(), activation=False))
+  rng = np.random.default_rng(3)
+  for layer in model.layers:
+    layer.set_weights([rng.uniform(0.5, 2.0, w.shape) for w in layer.weights])
+  live = fold_batch_norm(model, live=True)
+  assert len(live.weights) == len(model.weights)  # Shared, not copied.
+  x = rng.uniform(0, 255, (1, 9, 9, 3)).astype(np.float32)
+  for _ in range(2):
+    assert _relative_difference(live(x, training=False).numpy(),
+                                model(x, training=False).numpy()) <= 1e-6
+    model.get_layer("b.BatchNorm").moving_variance.assign([4.0, 3.0, 2.0, 1.0])  # Seen next time.
