@@ -90,6 +90,12 @@ def candidates(phase):
   if phase == "inference":
     result += [("previous fp32 eager", previous, dict(base, candidate="deeplab_tf_eager",
                                                       precision="float32")),
+               ("previous fp32 predict_labels", previous, dict(base, candidate="deeplab_tf_predict",
+                                                               precision="float32")),
+               ("today fp32 predict_labels", ROOT, dict(base, candidate="deeplab_tf_predict",
+                                                        precision="float32")),
+               ("today bf16 predict_labels", ROOT, dict(base, candidate="deeplab_tf_predict",
+                                                        precision="mixed_bfloat16")),
                ("today fp32 BN folded", ROOT, dict(base, candidate="deeplab_tf_folded",
                                                    precision="float32")),
                ("today bf16 BN folded", ROOT, dict(base, candidate="deeplab_tf_folded",

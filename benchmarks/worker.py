@@ -11,6 +11,8 @@ Candidates (`--candidate`):
   deeplab_tf          DeepLabv3+ Xception-65, OS16, rates 6/12/18, decoder 4, 21 classes (ours).
   deeplab_tf_eager    the same model called eagerly (`model(x)`, what eval/vis ran before issue 8).
   deeplab_tf_folded   the same with `fold_batch_norm` (inference only; skipped where it does not exist).
+  deeplab_tf_predict  the same through `evaluation.inference.predict_labels` (what eval, vis and the
+                      demo run: eager network calls before issue 8, a cached compiled function after).
   keras_hub           keras-hub `DeepLabV3ImageSegmenter`: DeepLabv3+ on ResNet-50 (OS32 encoder,
                       the library's preset shape), 21 classes; crop 512 (its decoder needs a multiple
                       of 32).
@@ -128,6 +130,9 @@ def model_runner(args):
     macs = multiply_adds(function.get_concrete_function(spec))
     if candidate == "deeplab_tf_eager":
       return (lambda: _logits(model, images, False).numpy()), macs
+    if candidate == "deeplab_tf_predict":
+      from deeplab_tf.evaluation import inference  # pylint: disable=g-import-not-at-top
+      return (lambda: inference.predict_labels(model, images).numpy()), macs
     return (lambda: function(images).numpy()), macs
 
   labels = tf.constant(rng.integers(0, NUM_CLASSES, (batch, crop, crop)).astype(np.int32))
