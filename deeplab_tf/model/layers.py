@@ -82,7 +82,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     squares, count; the same as Keras'), normalisation by `tf.nn.batch_normalization`, moving
     variance with the same Bessel correction over the global count.
   - inference (or a frozen layer): FusedBatchNormV3 with `is_training=False`, which TF's grappler
-    remapper fuses into the preceding convolution (`_FusedConv2D`) with oneDNN.
+    remapper fuses into the preceding convolution (`_FusedConv2D`) with oneDNN; on bfloat16/float16
+    activations one multiply-add in that dtype with the folded per-channel scale and offset
+    (`BF16_INFERENCE_AS_AFFINE`; oneDNN's bfloat16 inference BN kernel measured 1.2x slower).
   Unlike `tf.nn.fused_batch_norm`, `epsilon` is used as given (no clamp to 1.001e-5).
   Under mixed precision the kernel takes bfloat16/float16 activations with float32 statistics, so no
   Cast surrounds the layer. Inputs other than 4-D channels-last (or with a mask, or `renorm`) fall back
@@ -110,6 +112,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
           x=inputs, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
           exponential_avg_factor=1.0, data_format="NHWC", is_training=True)[:3]
       self._update_moving_averages(moving_mean, moving_variance, mean, variance)
+    elif inputs.dtype != tf.float32 and BF16_INFERENCE_AS_AFFINE:
+      # oneDNN's bfloat16 inference BN kernel is slower than one multiply-add in bfloat16.
+      scale = gamma * tf.math.rsqrt(moving_variance + self.epsilon)
+      offset = beta - moving_mean * scale
+      outputs = inputs * tf.cast(scale, inputs.dtype) + tf.cast(offset, inputs.dtype)
     else:
       outputs = tf.raw_ops.FusedBatchNormV3(
           x=inputs, scale=gamma, offset=beta, mean=moving_mean, variance=moving_variance,
@@ -139,6 +146,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 # Training computes 1x1 stride-1 convolutions as matrix products (see `PointwiseConv2D`); False
 # keeps the convolution kernel (benchmarks/compare.py times both).
 POINTWISE_AS_MATMUL_IN_TRAINING = True
+# Inference BN on bfloat16/float16 activations as a multiply-add (see `FusedBatchNormalization`).
+BF16_INFERENCE_AS_AFFINE = True
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")
