@@ -7,6 +7,7 @@ setup(
     description="DeepLabv3 / DeepLabv3+ semantic segmentation for TensorFlow 2 and Keras 3, "
     "faithful to research/deeplab and able to load its model-zoo checkpoints.",
     packages=find_packages(include=["deeplab_tf", "deeplab_tf.*", "datasets", "datasets.*"]),
+    package_data={"deeplab_tf.model": ["*.json"]},  # the Dense Prediction Cell configs
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.21,<2.22",
@@ -21,6 +22,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest"],
+        # DeepLabv2's dense CRF (deeplab_tf.evaluation.crf); builds from source, needs a C++ compiler.
+        "crf": ["pydensecrf2>=1.1,<2"],
         "and-cuda": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
     entry_points={

@@ -12,16 +12,17 @@ from its `_gtFine_polygons.json` with the same package (`json2labelImg.createLab
 
 from __future__ import annotations
 
-import glob
 import os
 from typing import Dict, List, Sequence
 
 import numpy as np
+import tensorflow as tf
 from absl import app, flags
 
 from datasets import build_data
 from datasets.build_data import ConversionReport, InputError
 from deeplab_tf.data import descriptors, writer
+from deeplab_tf.io_utils import read_text
 
 FLAGS = flags.FLAGS
 
@@ -38,17 +39,17 @@ def read_train_ids(label_path: str) -> np.ndarray:
   Raises:
     InputError: if neither file exists, or the polygons cannot be drawn (e.g. an unknown label name).
   """
-  if os.path.isfile(label_path):
+  if tf.io.gfile.exists(label_path):
     return writer.read_label(label_path)
   polygons = label_path[:-len(LABEL_SUFFIX)] + POLYGON_SUFFIX
-  if not os.path.isfile(polygons):
+  if not tf.io.gfile.exists(polygons):
     raise InputError(f"Missing label file {label_path}, and no {os.path.basename(polygons)} to make it "
                      "from: download gtFine_trainvaltest.zip into --cityscapes_root.")
   from cityscapesscripts.helpers.annotation import Annotation  # pylint: disable=g-import-not-at-top
   from cityscapesscripts.preparation.json2labelImg import createLabelImage  # pylint: disable=g-import-not-at-top
   try:
     annotation = Annotation()
-    annotation.fromJsonFile(polygons)
+    annotation.fromJsonText(read_text(polygons))  # fromJsonFile reads local files only.
     return np.asarray(createLabelImage(annotation, "trainIds"))
   except (SystemExit, Exception) as e:  # cityscapesscripts exits on an unknown label name.
     raise InputError(f"Cannot make train ids from {polygons}: {e!r}. Check the file is a Cityscapes "
@@ -82,7 +83,7 @@ def convert(*, cityscapes_root: str, output_dir: str, num_shards: int = 10,
   from_polygons = 0
   for split in splits:
     pattern = os.path.join(cityscapes_root, "leftImg8bit", split, "*", "*" + IMAGE_SUFFIX)
-    images = sorted(glob.glob(pattern))
+    images = sorted(tf.io.gfile.glob(pattern))
     if not images:
       raise InputError(f"No {pattern}: --cityscapes_root {cityscapes_root} must hold leftImg8bit/{split}/"
                        "<city>/*_leftImg8bit.png (unzip leftImg8bit_trainvaltest.zip there).")
@@ -91,7 +92,7 @@ def convert(*, cityscapes_root: str, output_dir: str, num_shards: int = 10,
       prefix = os.path.basename(image)[:-len(IMAGE_SUFFIX)]
       city = os.path.basename(os.path.dirname(image))
       label = os.path.join(cityscapes_root, "gtFine", split, city, prefix + LABEL_SUFFIX)
-      from_polygons += not os.path.isfile(label)
+      from_polygons += not tf.io.gfile.exists(label)
       split_items.append(build_data.pair_item(
           prefix, image, label, num_classes=NUM_CLASSES, ignore_label=IGNORE_LABEL, read_label=read_train_ids,
           label_fix="Cityscapes labelTrainIds hold 0..18 and 255; remake them with cityscapesscripts."))

@@ -21,6 +21,7 @@ import sys
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 from absl import flags
 from tqdm import tqdm
 
@@ -223,9 +224,9 @@ def list_images(folder: str, what: str, extensions: Sequence[str] = IMAGE_EXTENS
   Raises:
     InputError: if the folder does not exist or holds no image.
   """
-  if not os.path.isdir(folder):
+  if not tf.io.gfile.isdir(folder):
     raise InputError(f"{what} {folder} is not a directory; check the flag that names it.")
-  files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+  files = sorted(os.path.join(folder, f) for f in tf.io.gfile.listdir(folder)
                  if os.path.splitext(f)[1].lower() in extensions)
   if not files:
     raise InputError(f"{what} {folder} holds no image ({', '.join(extensions)}); check the flag.")

@@ -28,6 +28,7 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import tensorflow as tf
 from absl import app, flags
 from PIL import Image
 
@@ -106,8 +107,8 @@ def _label_transform(label_map: Optional[Mapping[int, int]], binarize: bool):
 
 def _match_pairs(image_folder: str, label_folder: str, label_suffix: str) -> List[Tuple[str, str]]:
   labels = {}
-  if os.path.isdir(label_folder):
-    for f in os.listdir(label_folder):
+  if tf.io.gfile.isdir(label_folder):
+    for f in tf.io.gfile.listdir(label_folder):
       labels.setdefault(os.path.splitext(f)[0], os.path.join(label_folder, f))
   pairs = []
   for image in build_data.list_images(image_folder, "--image_folder"):
@@ -230,9 +231,10 @@ def convert(*, output_dir: str, image_folder: Optional[str] = None, label_folder
   for image_path, label_path in pairs:
     base = build_data.stem(image_path)
     try:
-      with Image.open(image_path) as img:
+      with tf.io.gfile.GFile(image_path, "rb") as f, Image.open(f) as img:
         width, height = img.size
-    except (OSError, SyntaxError, ValueError):  # missing or unreadable: encoding reports it in full
+    except (OSError, SyntaxError, ValueError, tf.errors.OpError):
+      # Missing or unreadable: encoding reports it in full.
       items[split_names["train"]].append(
           build_data.Item(base, functools.partial(encode, base, image_path, label_path, None)))
       continue

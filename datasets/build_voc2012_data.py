@@ -22,15 +22,16 @@ where VOC has one, else from SBD's `GTcls.Segmentation`.
 from __future__ import annotations
 
 import functools
-import glob
 import os
 from typing import Dict, List, Optional, Sequence
 
+import tensorflow as tf
 from absl import app, flags
 
 from datasets import build_data
 from datasets.build_data import ConversionReport, InputError
 from deeplab_tf.data import colormaps, descriptors, writer
+from deeplab_tf.io_utils import read_text
 
 FLAGS = flags.FLAGS
 
@@ -47,8 +48,7 @@ def read_split_list(path: str) -> List[str]:
   Raises:
     InputError: if the list is empty.
   """
-  with open(path, encoding="utf-8") as f:
-    names = [line.strip() for line in f if line.strip()]
+  names = [line.strip() for line in read_text(path).splitlines() if line.strip()]
   if not names:
     raise InputError(f"Split list {path} is empty; it must name one image per line (e.g. 2007_000032). "
                      "Fill it or remove it from --list_folder.")
@@ -56,10 +56,10 @@ def read_split_list(path: str) -> List[str]:
 
 
 def _split_lists(list_folder: str) -> Dict[str, str]:
-  if not os.path.isdir(list_folder):
+  if not tf.io.gfile.isdir(list_folder):
     raise InputError(f"--list_folder {list_folder} is not a directory; point it at "
                      "VOCdevkit/VOC2012/ImageSets/Segmentation.")
-  lists = sorted(glob.glob(os.path.join(list_folder, "*.txt")))
+  lists = sorted(tf.io.gfile.glob(os.path.join(list_folder, "*.txt")))
   if not lists:
     raise InputError(f"--list_folder {list_folder} holds no split list (*.txt); point it at "
                      "VOCdevkit/VOC2012/ImageSets/Segmentation or write train.txt/val.txt there.")
@@ -117,7 +117,7 @@ def convert(*, image_folder: str, semantic_segmentation_folder: str, list_folder
         for line_no, name in enumerate(read_split_list(list_path), start=1)]
 
   if sbd_folder and (not splits or TRAIN_AUG in splits):
-    mats = sorted(glob.glob(os.path.join(sbd_folder, "cls", "*.mat")))
+    mats = sorted(tf.io.gfile.glob(os.path.join(sbd_folder, "cls", "*.mat")))
     if not mats:
       raise InputError(f"--sbd_folder {sbd_folder} has no cls/*.mat; point it at SBD's "
                        "benchmark_RELEASE/dataset.")
@@ -131,7 +131,7 @@ def convert(*, image_folder: str, semantic_segmentation_folder: str, list_folder
     aug = []
     for name in names:
       label = voc_label_path(name)
-      if not os.path.isfile(label) and name in sbd:
+      if name in sbd and not tf.io.gfile.exists(label):
         label = sbd[name]
       aug.append(build_data.pair_item(name, image_path(name), label,
                                       context=f"train_aug example {name!r}: ", **common))

@@ -3,7 +3,8 @@
 One rule maps every model weight to its checkpoint name, no table: the Keras layer name with `.` read
 as `/` (`layers.layer_name_to_scope`, the inverse of how the layers were named after the original's
 variable scopes) plus slim's variable name for the weight: `kernel` -> `weights` (`depthwise_weights`
-for a depthwise conv), `bias` -> `biases`, BatchNorm's `gamma`, `beta`, `moving_mean`,
+for a depthwise conv; a separable conv's `depthwise_kernel`, `pointwise_kernel` -> `depthwise_weights`,
+`pointwise_weights`), `bias` -> `biases`, BatchNorm's `gamma`, `beta`, `moving_mean`,
 `moving_variance` unchanged. E.g. Keras `xception_65.entry_flow.conv1_1.BatchNorm` / `moving_mean` is
 `xception_65/entry_flow/conv1_1/BatchNorm/moving_mean`.
 
@@ -19,19 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import os
 import re
-import shutil
 import tarfile
-import tempfile
 from typing import Dict, Iterator, List, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from deeplab_tf.io_utils import atomic_output
+from deeplab_tf.io_utils import atomic_output, isdir, local_scratch_dir
 from deeplab_tf.model.layers import layer_name_to_scope
 
 # Keras weight name -> slim variable name (the weight's last path component).
@@ -42,6 +40,9 @@ _WEIGHT_NAMES = {
     "beta": "beta",
     "moving_mean": "moving_mean",
     "moving_variance": "moving_variance",
+    # A slim separable_conv2d with num_outputs (the NAS cells): one layer, both kernels.
+    "depthwise_kernel": "depthwise_weights",
+    "pointwise_kernel": "pointwise_weights",
 }
 
 # research/deeplab `model.get_extra_layer_scopes`: the scopes that `initialize_last_layer=False`
@@ -127,8 +128,9 @@ def is_bookkeeping(name: str) -> bool:
 def resolve_tf1_checkpoint(path: str) -> Iterator[str]:
   """Yields the checkpoint prefix for `path`: a prefix, a folder holding one, or a .tar.gz.
 
-  A model-zoo archive (`.tar.gz`, `.tgz` or `.tar`) is extracted into a temporary folder that is removed
-  when the context exits. In a folder, the `checkpoint` state file's latest checkpoint is used, else the
+  Any filesystem `tf.io.gfile` knows (local, `gs://`, ...). A model-zoo archive (`.tar.gz`, `.tgz` or
+  `.tar`) is streamed through gfile and extracted into a local temporary folder that is removed when the
+  context exits. In a folder, the `checkpoint` state file's latest checkpoint is used, else the
   one `*.index` file found (searching sub-folders, as the archives hold one folder).
 
   Raises:
@@ -137,19 +139,17 @@ def resolve_tf1_checkpoint(path: str) -> Iterator[str]:
   """
   if path.endswith(".index"):
     path = path[:-len(".index")]
-  if os.path.isfile(path) and (path.endswith((".tar.gz", ".tgz", ".tar"))):
-    tmp = tempfile.mkdtemp(prefix="deeplab_ckpt_")
-    try:
-      with tarfile.open(path) as archive:
+  if path.endswith((".tar.gz", ".tgz", ".tar")) and tf.io.gfile.exists(path) \
+      and not tf.io.gfile.isdir(path):
+    with local_scratch_dir(prefix="deeplab_ckpt_") as tmp:
+      with tf.io.gfile.GFile(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as archive:
         archive.extractall(tmp, filter="data")
       yield _prefix_in_folder(tmp, origin=path)
-    finally:
-      shutil.rmtree(tmp, ignore_errors=True)
     return
-  if os.path.isdir(path):
+  if isdir(path):
     yield _prefix_in_folder(path, origin=path)
     return
-  if os.path.isfile(path + ".index"):
+  if tf.io.gfile.exists(path + ".index"):
     yield path
     return
   raise FileNotFoundError(f"{path}: not a TF1 checkpoint (no {path}.index), a folder holding one, or a "
@@ -158,9 +158,10 @@ def resolve_tf1_checkpoint(path: str) -> Iterator[str]:
 
 def _prefix_in_folder(folder: str, origin: str) -> str:
   latest = tf.train.latest_checkpoint(folder)
-  if latest is not None and os.path.isfile(latest + ".index"):
+  if latest is not None and tf.io.gfile.exists(latest + ".index"):
     return latest
-  indexes = sorted(glob.glob(os.path.join(folder, "**", "*.index"), recursive=True))
+  indexes = sorted(os.path.join(root, name) for root, _, files in tf.io.gfile.walk(folder)
+                   for name in files if name.endswith(".index"))
   if not indexes:
     raise FileNotFoundError(f"{origin}: no checkpoint found (no *.index file).")
   if len(indexes) > 1:
@@ -210,7 +211,9 @@ def load_tf1_checkpoint(model: keras.Model, checkpoint_path: str, initialize_las
     skipped_scopes = LOGITS_SCOPES if last_layers_contain_logits_only else HEAD_SCOPES
   weights = model_weights_by_checkpoint_name(model)
   with resolve_tf1_checkpoint(checkpoint_path) as prefix:
-    reader = tf.train.load_checkpoint(prefix)
+    # The prefix is resolved already: read it directly (tf.train.load_checkpoint would first ask whether
+    # it is a folder, which TF's ram:// filesystem answers yes for any prefix of a stored name).
+    reader = tf.compat.v1.train.NewCheckpointReader(prefix)
     shapes = reader.get_variable_to_shape_map()
     skipped_checkpoint = sorted(n for n in shapes if is_bookkeeping(n) or _excluded(n, skipped_scopes))
     wanted = {n: w for n, w in weights.items() if not _excluded(n, skipped_scopes)}
@@ -309,7 +312,7 @@ def convert_tf1_checkpoint(checkpoint_path: str, options, output_dir: str, *,
   saved_model_dir = os.path.join(output_dir, SAVED_MODEL_DIRNAME)
   if not overwrite:
     for path in (keras_path, saved_model_dir):
-      if os.path.exists(path):
+      if tf.io.gfile.exists(path):
         raise FileExistsError(f"{path} exists; choose another output directory or overwrite.")
   model = build_deeplab(options)
   report = load_tf1_checkpoint(model, checkpoint_path, initialize_last_layer,

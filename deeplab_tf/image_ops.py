@@ -1,5 +1,7 @@
 """Resizes exactly as research/deeplab does them, shared by the model, the input pipeline and the loss.
 
+Also the original's `scale_dimension`, the one rule for the size of a scaled image or feature map.
+
 Every resize in the original (image pooling back to the feature size, ASPP output to the decoder size,
 logits to the input size, random scaling of training images and labels) uses align_corners=True,
 half_pixel_centers=False (REFERENCE.md). TF2's `tf.image.resize` cannot; the TF1 ops behind
@@ -39,3 +41,20 @@ def resize_nearest_align_corners(labels, size):
   """
   return tf.raw_ops.ResizeNearestNeighbor(images=labels, size=tf.cast(size, tf.int32),
                                           align_corners=True, half_pixel_centers=False)
+
+
+def scale_dimension(dim, scale: float):
+  """research/deeplab `model.py` `scale_dimension`: `int((dim - 1) * scale + 1)`, e.g. 513 at 1/16 -> 33.
+
+  Args:
+    dim: a size in pixels: a Python int, or an integer tensor (any shape).
+    scale: the scale factor (Python float).
+
+  Returns:
+    An int for an int `dim`; an int32 tensor of `dim`'s shape for a tensor. Tensors are computed in
+    float64 so that they equal the Python path bit for bit (the original's eval and export pass
+    Python ints; its float32 tensor path is only taken when no crop size is given).
+  """
+  if tf.is_tensor(dim):
+    return tf.cast((tf.cast(dim, tf.float64) - 1.0) * scale + 1.0, tf.int32)
+  return int((float(dim) - 1.0) * scale + 1.0)

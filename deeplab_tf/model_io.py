@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import keras
 import tensorflow as tf
 
-from deeplab_tf.io_utils import atomic_write_text
+from deeplab_tf import io_utils
 from deeplab_tf.model.deeplab import build_deeplab
 from deeplab_tf.options import ModelOptions
 
@@ -25,7 +25,7 @@ MODEL_OPTIONS_FILENAME = "model_options.json"
 def save_model_options(logdir: str, options: ModelOptions) -> str:
   """Writes `<logdir>/model_options.json` atomically and returns its path."""
   path = os.path.join(logdir, MODEL_OPTIONS_FILENAME)
-  atomic_write_text(path, options.to_json(indent=1) + "\n")
+  io_utils.atomic_write_text(path, options.to_json(indent=1) + "\n")
   return path
 
 
@@ -38,11 +38,10 @@ def load_model_options(path: str) -> ModelOptions:
   """
   candidates = [path] if path.endswith(".json") else [
       os.path.join(path, MODEL_OPTIONS_FILENAME),
-      os.path.join(os.path.dirname(path), MODEL_OPTIONS_FILENAME)]
+      os.path.join(io_utils.dirname(path), MODEL_OPTIONS_FILENAME)]
   for candidate in candidates:
-    if os.path.isfile(candidate):
-      with open(candidate) as f:
-        text = f.read()
+    if tf.io.gfile.exists(candidate) and not io_utils.isdir(candidate):
+      text = io_utils.read_text(candidate)
       try:
         return ModelOptions.from_json(text)
       except (ValueError, TypeError) as e:
@@ -58,7 +57,7 @@ def resolve_checkpoint(path: str) -> str:
   Raises:
     FileNotFoundError: a directory with no checkpoint, or a prefix with no `.index` file.
   """
-  if os.path.isdir(path):
+  if io_utils.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
       raise FileNotFoundError(f"{path}: no checkpoint found in this directory (expected ckpt-N files "
@@ -86,15 +85,15 @@ def load_model(path: str, options: Optional[ModelOptions] = None,
     ValueError: the checkpoint does not fit the model (e.g. another num_classes).
   """
   if path.endswith(".keras"):
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
       raise FileNotFoundError(f"{path}: no such .keras file.")
     if options is None:
-      options = load_model_options(os.path.dirname(os.path.abspath(path)))
+      options = load_model_options(io_utils.dirname(path) or ".")
     model = keras.saving.load_model(path, compile=False)
     return model, options
   prefix = resolve_checkpoint(path)
   if options is None:
-    options = load_model_options(path if os.path.isdir(path) else prefix)
+    options = load_model_options(path if io_utils.isdir(path) else prefix)
   model = build_deeplab(options, input_dtype=input_dtype)
   status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
   try:

@@ -4,8 +4,9 @@ research/deeplab `vis.py` and `utils/save_annotation.py` write each image as `{i
 prediction as `{i:06d}_prediction.png` coloured by the dataset colormap, and optionally the raw class
 ids. We write label maps as palette PNGs: the pixel values are the class ids (what the original's
 `add_colormap=False` kept) and the palette is the dataset colormap (what `add_colormap=True` showed),
-so one file serves both; VOC's own ground truth is stored the same way. Every file is written to a
-temporary name in the destination folder and renamed when complete.
+so one file serves both; VOC's own ground truth is stored the same way. Every file is written through
+`tf.io.gfile` (any filesystem: local, `gs://`, ...) to a temporary name in the destination folder and
+renamed when complete.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
-from deeplab_tf.io_utils import atomic_output
+from deeplab_tf.io_utils import atomic_open
 from deeplab_tf.data.colormaps import get_colormap, label_to_color_image
 
 # Gap in pixels between the panels of `side_by_side`, filled with white.
@@ -43,8 +45,8 @@ def _as_label(label, what: str = "label") -> np.ndarray:
 
 def _atomic_save(picture: Image.Image, path: str) -> str:
   """Saves a Pillow image as PNG through a temporary file in the same folder and a rename."""
-  with atomic_output(path) as tmp:
-    picture.save(tmp, format="PNG")
+  with atomic_open(path) as f:
+    picture.save(f, format="PNG")
   return path
 
 
@@ -149,7 +151,7 @@ def read_label_png(path: str) -> np.ndarray:
   Raises:
     ValueError: if the PNG is RGB (its colours would have to be mapped back to ids), naming the file.
   """
-  with Image.open(path) as picture:
+  with tf.io.gfile.GFile(path, "rb") as f, Image.open(f) as picture:
     if picture.mode not in ("P", "L"):
       raise ValueError(f"{path}: label PNGs must be palette ('P') or greyscale ('L') images whose pixel "
                        f"values are class ids, got mode {picture.mode!r}.")

@@ -13,9 +13,14 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from deeplab_tf.model.dense_prediction_cell import load_dense_prediction_cell_config
+
 REFERENCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata", "reference")
 VARS_DIR = os.path.join(REFERENCE_DIR, "vars")
 XCEPTION_65_CASE_DIR = os.path.join(REFERENCE_DIR, "xception_65_os16_129")
+# Variable lists derived by reading the original's code (testdata/derived_vars/make_vars.py), for the
+# variants the reference graph run does not cover.
+DERIVED_VARS_DIR = os.path.join(os.path.dirname(REFERENCE_DIR), "derived_vars")
 
 _PLUS = dict(atrous_rates=(6, 12, 18), decoder_output_stride=4)
 _RESNET_PLUS = dict(_PLUS, aspp_with_separable_conv=False, decoder_use_separable_conv=False)
@@ -31,12 +36,50 @@ VARIANT_CASES = {
     "resnet_v1_50_beta": (dict(model_variant="resnet_v1_50_beta", **_RESNET_PLUS), 40_533_653),
     "resnet_v1_101_beta": (dict(model_variant="resnet_v1_101_beta", **_RESNET_PLUS), 59_578_005),
     "mobilenet_v2": (dict(model_variant="mobilenet_v2"), 2_146_645),
+    # The model zoo's xception71_dpc_cityscapes: the Dense Prediction Cell instead of ASPP.
+    "xception_71_dpc_cityscapes19": (dict(
+        model_variant="xception_71", num_classes=19, decoder_output_stride=4,
+        dense_prediction_cell_config=load_dense_prediction_cell_config(
+            "dense_prediction_cell_branch5_top1_cityscapes.json")), 41_818_955),
+    # The NAS encoders, lists written by testdata/reference/make_nas_vars.py from the original's code.
+    "nas_pnasnet": (dict(model_variant="nas_pnasnet", **_PLUS), 2_602_069),
+    "nas_hnasnet": (dict(model_variant="nas_hnasnet", output_stride=8, **_PLUS), 7_823_205),
+    "nas_hnasnet_classification_head": (dict(
+        model_variant="nas_hnasnet", atrous_rates=(6, 12, 18), nas_use_classification_head=True),
+        17_854_717),
+    "nas_pnasnet_os32_no_stride_classification_head": (dict(
+        model_variant="nas_pnasnet", output_stride=32, atrous_rates=(6, 12, 18),
+        nas_use_classification_head=True, nas_remove_os32_stride=True), 7_859_509),
 }
+# g3doc/model_zoo.md's flags of the MobileNetV3 Cityscapes checkpoints, but for their
+# image_pooling_crop_size=769,769 and image_pooling_stride=4,5 (no variables; a 25x25 pooling window
+# needs inputs of 769 pixels or more), so that the model runs on the small test inputs.
+_MNV3_CITYSCAPES = dict(
+    num_classes=19, output_stride=32, aspp_convs_filters=128, aspp_with_concat_projection=False, aspp_with_squeeze_and_excitation=True,
+    decoder_use_sum_merge=True, decoder_filters=19, decoder_output_is_logits=True,
+    image_se_uses_qsigmoid=True, decoder_output_stride=8)
+# Issue 10 (lists in DERIVED_VARS_DIR; the parameter counts are those lists' sums, as no published figure
+# exists).
+VARIANT_CASES.update({
+    "resnet_v1_18": (dict(model_variant="resnet_v1_18", **_RESNET_PLUS), 16_621_973),
+    "resnet_v1_18_beta": (dict(model_variant="resnet_v1_18_beta", **_RESNET_PLUS), 16_603_781),
+    "mobilenet_v3_large_seg": (dict(model_variant="mobilenet_v3_large_seg", **_MNV3_CITYSCAPES),
+                               1_525_230),
+    "mobilenet_v3_small_seg": (dict(model_variant="mobilenet_v3_small_seg", **_MNV3_CITYSCAPES),
+                               477_454),
+    # EdgeTPU-DeepLab(-slim): MobileNetV2's head (image pooling, 1x1 branch, projection).
+    "mobilenet_edgetpu": (dict(model_variant="mobilenet_edgetpu", num_classes=19), 3_643_699),
+    "mobilenet_edgetpu_slim": (dict(model_variant="mobilenet_edgetpu", num_classes=19,
+                                    depth_multiplier=0.75, aspp_convs_filters=128), 1_972_443),
+})
 
 
 def load_vars(name):
-  """`[(checkpoint name, shape tuple)]` of `testdata/reference/vars/<name>.vars.json`."""
-  with open(os.path.join(VARS_DIR, name + ".vars.json")) as f:
+  """`[(checkpoint name, shape tuple)]` of `testdata/{reference/vars,derived_vars}/<name>.vars.json`."""
+  path = os.path.join(VARS_DIR, name + ".vars.json")
+  if not os.path.exists(path):
+    path = os.path.join(DERIVED_VARS_DIR, name + ".vars.json")
+  with open(path) as f:
     return [(n, tuple(int(d) for d in s)) for n, s in json.load(f)]
 
 
@@ -59,6 +102,15 @@ def det_value(name, shape, gain=2.0):
       fan_in = int(np.prod(shape[:-1])) if len(shape) >= 2 else (shape[0] if shape else 1)
     value = rng.standard_normal(shape) * np.sqrt(gain / fan_in)
   return np.asarray(value, dtype=np.float32)
+
+
+def assign_reference_weights(model):
+  """Gives every weight of our `model` its `det_value` by checkpoint name (varied, non-trivial outputs:
+  a freshly built model predicts the same probability for every class)."""
+  from deeplab_tf.checkpoints import model_weights_by_checkpoint_name
+  for name, weight in model_weights_by_checkpoint_name(model).items():
+    weight.assign(det_value(name, weight.shape))
+  return model
 
 
 def cheap_value(name, shape):

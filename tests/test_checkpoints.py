@@ -11,12 +11,14 @@ import tarfile
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import deeplab_tf
 import reference_case as rc
 from deeplab_tf import model_io
 from deeplab_tf.checkpoints import (CheckpointMismatchError, convert_tf1_checkpoint,
-                                    load_tf1_checkpoint, resolve_tf1_checkpoint)
+                                    load_tf1_checkpoint, resolve_tf1_checkpoint,
+                                    save_keras_atomically)
 
 MOBILENET = rc.VARIANT_CASES["mobilenet_v2"][0]
 
@@ -126,6 +128,28 @@ def test_folder_and_tar_gz(tmp_path, mobilenet_model, mobilenet_vars):
   report = load_tf1_checkpoint(mobilenet_model, str(archive))
   assert report.assigned == len(mobilenet_vars)
   assert not os.path.exists(report.checkpoint), "the extracted archive is removed afterwards"
+
+
+def test_folder_tar_gz_and_keras_file_on_the_ram_filesystem(tmp_path, mobilenet_model, mobilenet_vars):
+  folder = tmp_path / "deeplabv3_mnv2_pascal_train_aug"
+  rc.write_checkpoint_from_vars(str(folder / "model.ckpt"), mobilenet_vars, rc.cheap_value)
+  ram = "ram://checkpoints_test/zoo"
+  tf.io.gfile.makedirs(ram + "/" + folder.name)
+  for name in os.listdir(folder):
+    tf.io.gfile.copy(str(folder / name), f"{ram}/{folder.name}/{name}", overwrite=True)
+  archive = tmp_path / "zoo.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(folder, arcname=folder.name)
+  tf.io.gfile.copy(str(archive), ram + "/zoo.tar.gz", overwrite=True)
+  assert load_tf1_checkpoint(mobilenet_model, f"{ram}/{folder.name}").checkpoint == \
+      f"{ram}/{folder.name}/model.ckpt"
+  assert load_tf1_checkpoint(mobilenet_model, ram + "/zoo.tar.gz").assigned == len(mobilenet_vars)
+  keras_path = save_keras_atomically(mobilenet_model, ram + "/out/model.keras")
+  model_io.save_model_options(ram + "/out", deeplab_tf.ModelOptions(**MOBILENET))
+  assert sorted(tf.io.gfile.listdir(ram + "/out")) == ["model.keras", "model_options.json"]
+  model, _ = model_io.load_model(keras_path)
+  np.testing.assert_array_equal(np.asarray(model.get_layer("concat_projection").kernel),
+                                rc.cheap_value("concat_projection/weights", (1, 1, 512, 256)))
 
 
 def test_not_a_checkpoint(tmp_path):

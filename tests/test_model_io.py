@@ -48,3 +48,33 @@ def test_wrong_architecture_is_refused(tmp_path):
   other = OPTIONS.replace(num_classes=5)
   with pytest.raises(ValueError):
     model_io.load_model(prefix, options=other)
+
+
+def test_options_and_checkpoint_on_the_ram_filesystem(tmp_path, monkeypatch):
+  # The example: save_model_options("ram://x/y", ...) used to write a local folder "ram:/x/y".
+  monkeypatch.chdir(tmp_path)
+  logdir = "ram://model_io_test/x/y"
+  path = model_io.save_model_options(logdir, OPTIONS)
+  assert path == logdir + "/model_options.json"
+  assert tf.io.gfile.listdir(logdir) == ["model_options.json"]
+  assert model_io.load_model_options(logdir) == OPTIONS
+  model = deeplab_tf.build_deeplab(OPTIONS)
+  tf.train.CheckpointManager(tf.train.Checkpoint(model=model), logdir, max_to_keep=1).save(3)
+  assert model_io.resolve_checkpoint(logdir) == logdir + "/ckpt-3"
+  assert model_io.resolve_checkpoint(logdir + "/ckpt-3") == logdir + "/ckpt-3"
+  assert model_io.load_model(logdir + "/ckpt-3")[1] == OPTIONS
+  restored, options = model_io.load_model(logdir)
+  assert options == OPTIONS
+  images = np.random.default_rng(1).uniform(0, 255, (1, 33, 33, 3)).astype(np.float32)
+  np.testing.assert_allclose(restored(images, training=False), model(images, training=False),
+                             rtol=1e-6, atol=1e-6)
+  assert list(tmp_path.iterdir()) == []  # Nothing landed on the local disk.
+
+
+def test_a_filesystem_tensorflow_does_not_know_fails_loudly(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(tf.errors.UnimplementedError, match="nosuchfs"):
+    model_io.save_model_options("nosuchfs://x/y", OPTIONS)
+  with pytest.raises(tf.errors.UnimplementedError, match="nosuchfs"):
+    model_io.load_model_options("nosuchfs://x/y")
+  assert list(tmp_path.iterdir()) == []

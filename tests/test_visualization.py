@@ -1,6 +1,7 @@
 """Overlays, panels and label PNGs, read back with Pillow."""
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from deeplab_tf import visualization
@@ -56,3 +57,13 @@ def test_side_by_side_panels(tmp_path):
   path = visualization.save_image_png(panel, str(tmp_path / "panel.png"))
   np.testing.assert_array_equal(np.array(Image.open(path)), panel)
   assert visualization.side_by_side(image, None, prediction, "pascal").shape == (2, 10, 3)
+
+
+def test_pngs_on_the_ram_filesystem():
+  label = np.array([[0, 1, 2], [20, 255, 3]], np.uint8)
+  path = visualization.save_label_png(label, "ram://visualization_test/a/label.png", colormap="pascal")
+  np.testing.assert_array_equal(visualization.read_label_png(path), label)
+  visualization.save_image_png(np.full((2, 3, 3), 7, np.uint8), "ram://visualization_test/a/image.png")
+  assert sorted(tf.io.gfile.listdir("ram://visualization_test/a")) == ["image.png", "label.png"]
+  with tf.io.gfile.GFile("ram://visualization_test/a/image.png", "rb") as f:
+    assert np.asarray(Image.open(f)).tolist() == np.full((2, 3, 3), 7).tolist()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -30,7 +29,7 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # not-gfile: own source
 SAMPLES = os.path.join(REPO, "datasets", "samples")
 
 # The two binary tasks of the shipped samples (datasets/samples/README.md): image, mask, how the mask
@@ -68,6 +67,7 @@ def _run(step: str, args, log_lines: list) -> float:
 SERVE_SCRIPT = textwrap.dedent("""
     # A fresh process that knows nothing of deeplab_tf: TensorFlow Serving's view of the export.
     # One request with every image's encoded bytes; labels come back padded to the largest image.
+    import io
     import sys
     import numpy as np
     import tensorflow as tf
@@ -78,7 +78,10 @@ SERVE_SCRIPT = textwrap.dedent("""
     for i, path in enumerate(image_paths):
       h, w = int(out["height"][i]), int(out["width"][i])
       labels[str(i)] = out["semantic_predictions"][i, :h, :w].numpy().astype(np.int32)
-    np.savez(out_path, **labels)
+    buffer = io.BytesIO()
+    np.savez(buffer, **labels)
+    with tf.io.gfile.GFile(out_path, "wb") as f:
+      f.write(buffer.getvalue())
     print(f"segmented {len(image_paths)} images in one request:", [v.shape for v in labels.values()])
 """)
 
@@ -104,11 +107,13 @@ def _held_out_tiles(data_dir: str, serve_dir: str):
 
 def main(argv):
   del argv
+  import tensorflow as tf
+  from deeplab_tf.io_utils import atomic_write_text
   started = time.time()
   task = SAMPLE_TASKS[FLAGS.sample]
   out = FLAGS.demo_dir
-  if FLAGS.fresh and os.path.isdir(out):
-    shutil.rmtree(out)
+  if FLAGS.fresh and tf.io.gfile.isdir(out):
+    tf.io.gfile.rmtree(out)
   paths = {name: os.path.join(out, name) for name in
            ("data", "voc_data", "train", "eval", "vis_val", "vis_voc", "export", "serve")}
   steps = []
@@ -129,26 +134,28 @@ def main(argv):
   train_seconds = _run("train", ["deeplab_tf.bin.train", f"--flagfile={FLAGS.train_flagfile}",
                                  f"--train_logdir={paths['train']}", *common, "--progress_bar"], steps)
   _run("eval", ["deeplab_tf.bin.eval", f"--checkpoint_dir={paths['train']}", *common,
-                "--eval_split=val", "--eval_crop_size=", f"--eval_logdir={paths['eval']}"], steps)
+                "--eval_split=val", "--eval_crop_size=", f"--eval_logdir={paths['eval']}",
+                "--max_number_of_evaluations=1"], steps)
   _run("vis held-out tiles", ["deeplab_tf.bin.vis", f"--checkpoint_dir={paths['train']}", *common,
                               "--vis_split=val", "--vis_crop_size=", f"--vis_logdir={paths['vis_val']}",
-                              "--also_save_raw_predictions"], steps)
+                              "--also_save_raw_predictions", "--colormap_type=dataset",
+                              "--max_number_of_iterations=1"], steps)
   _run("vis VOC photos", ["deeplab_tf.bin.vis", f"--checkpoint_dir={paths['train']}",
                           "--dataset=pascal_voc_seg", f"--dataset_dir={paths['voc_data']}",
-                          "--vis_split=trainval", "--vis_crop_size=", f"--vis_logdir={paths['vis_voc']}"],
+                          "--vis_split=trainval", "--vis_crop_size=", f"--vis_logdir={paths['vis_voc']}",
+                          "--max_number_of_iterations=1"],
        steps)
   _run("export", ["deeplab_tf.bin.export_model", f"--checkpoint_dir={paths['train']}",
                   f"--export_path={paths['export']}"], steps)
 
-  os.makedirs(paths["serve"], exist_ok=True)
   photos, labels = _held_out_tiles(paths["data"], paths["serve"])
   served_path = os.path.join(paths["serve"], "served_labels.npz")
-  script = os.path.join(paths["serve"], "serve_check.py")
-  with open(script, "w") as f:
-    f.write(SERVE_SCRIPT)
+  script = atomic_write_text(os.path.join(paths["serve"], "serve_check.py"), SERVE_SCRIPT)
   print(f"\n=== reload the SavedModel in a fresh process: python {script} ...", flush=True)
   t = time.time()
-  subprocess.run([sys.executable, script, paths["export"], served_path, *photos], check=True,
+  # Run from memory with -c (the same text as the file kept for the user): --demo_dir may be a gs://
+  # folder, which python cannot execute a file from.
+  subprocess.run([sys.executable, "-c", SERVE_SCRIPT, paths["export"], served_path, *photos], check=True,
                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   steps.append(("reload + segment in a fresh process", time.time() - t))
   _summarise(paths, photos, labels, served_path, train_seconds, steps, time.time() - started)
@@ -156,27 +163,33 @@ def main(argv):
 
 def _summarise(paths, photos, labels, served_path, train_seconds, steps, wall):
   """Compares the served labels with the Keras model's and prints the summary."""
+  import io
+
+  import tensorflow as tf
   from PIL import Image
 
   from deeplab_tf import model_io
+  from deeplab_tf.io_utils import read_text
   from deeplab_tf.evaluation.inference import predict_labels
   from deeplab_tf.evaluation.metrics import ConfusionMatrix, compute_metrics
 
-  served_npz = np.load(served_path)
+  with tf.io.gfile.GFile(served_path, "rb") as f:
+    served_npz = np.load(io.BytesIO(f.read()))
   served = [served_npz[str(i)] for i in range(len(photos))]
   model, options = model_io.load_model(paths["train"])
   equal = total = 0
   served_metrics = ConfusionMatrix(options.num_classes)
   for photo, label, served_labels in zip(photos, labels, served):
-    image = np.asarray(Image.open(photo).convert("RGB"), np.float32)[None]
+    with tf.io.gfile.GFile(photo, "rb") as f:
+      image = np.asarray(Image.open(f).convert("RGB"), np.float32)[None]
     keras_labels = predict_labels(model, image).numpy()[0]
     equal += int((keras_labels == served_labels).sum())
     total += keras_labels.size
     served_metrics.update(label, served_labels)
   agreement = equal / max(total, 1)
 
-  results = sorted(f for f in os.listdir(paths["eval"]) if f.endswith(".json"))
-  metrics = json.load(open(os.path.join(paths["eval"], results[-1])))
+  results = sorted(f for f in tf.io.gfile.listdir(paths["eval"]) if f.endswith(".json"))
+  metrics = json.loads(read_text(os.path.join(paths["eval"], results[-1])))
   confusion = np.asarray(metrics["confusion_matrix"])
   # The all-background baseline on the same pixels: every label pixel predicted as class 0.
   baseline_matrix = np.zeros_like(confusion)

@@ -7,8 +7,12 @@
 
 Prints the mIoU and per-class IoU and writes them to `<eval_logdir>/eval_<checkpoint>.json`
 (atomically), plus TensorBoard scalars `miou` and `class_iou/<name>` at the checkpoint's step.
-With --checkpoint_dir and --max_number_of_evaluations other than 1, every new checkpoint is evaluated
-(0 = forever, as the original).
+With --checkpoint_dir, every new checkpoint is evaluated as it appears, --max_number_of_evaluations of them
+(default 0: forever, as the original; 1: the latest once); --checkpoint_path evaluates that one once.
+--min_resize_value/--max_resize_value/--resize_factor resize images and labels first, as the original
+(the mIoU is then measured on the resized labels, as there). --crf_iterations=10 refines every prediction
+with DeepLabv2's dense CRF (--crf_pos_w, --crf_pos_xy_std, --crf_bi_w, --crf_bi_xy_std, --crf_bi_rgb_std;
+needs deeplab_tf[crf]).
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from deeplab_tf.data.pipeline import build_dataset
 from deeplab_tf.evaluation.evaluate import evaluate_dataset
 from deeplab_tf.evaluation.inference import model_mean_pixel
 from deeplab_tf.io_utils import atomic_write_text
-from deeplab_tf.model_io import resolve_checkpoint
 
 FLAGS = flags.FLAGS
 
@@ -36,13 +39,11 @@ flags.DEFINE_string("eval_split", "val", "Split to evaluate.")
 flags.DEFINE_list("eval_crop_size", ["513", "513"], "height,width the images are padded to; empty for "
                   "each image at its own size (batch size 1).")
 flags.DEFINE_integer("eval_batch_size", 1, "Images per batch (needs --eval_crop_size above 1).")
-flags.DEFINE_integer("max_number_of_evaluations", 1, "Checkpoints to evaluate: 1 = the latest once; "
-                     "0 = wait for new checkpoints forever.")
-flags.DEFINE_integer("eval_interval_secs", 300, "Seconds between checks for a new checkpoint.")
-flags.DEFINE_integer("eval_timeout_secs", None, "Stop waiting for a new checkpoint after this long.")
+flags.DEFINE_integer("max_number_of_evaluations", 0, "Checkpoints of --checkpoint_dir to evaluate as they "
+                     "appear: 0 = wait for new ones forever (as the original); 1 = the latest once.")
 
 
-def evaluate_checkpoint(checkpoint: str, descriptor, eval_options) -> dict:
+def evaluate_checkpoint(checkpoint: str, descriptor, eval_options, crf_options=None) -> dict:
   """Evaluates one checkpoint, writes its JSON and summaries, returns the JSON's content."""
   model, model_options = eval_common.load_model_from_flags(checkpoint)
   if model_options.num_classes != descriptor.num_classes:
@@ -53,21 +54,23 @@ def evaluate_checkpoint(checkpoint: str, descriptor, eval_options) -> dict:
       eval_common.split_pattern(FLAGS.dataset_dir, FLAGS.eval_split, "eval_split"), is_training=False,
       crop_size=None if windowed else eval_options.eval_crop_size,
       batch_size=1 if windowed else FLAGS.eval_batch_size, ignore_label=descriptor.ignore_label,
-      mean_pixel=model_mean_pixel(model))
+      mean_pixel=model_mean_pixel(model), **eval_common.resize_from_flags())
   size = descriptor.splits_to_sizes.get(FLAGS.eval_split)
   batches = tqdm(dataset, total=math.ceil(size / FLAGS.eval_batch_size) if size else None,
                  desc=f"eval {os.path.basename(checkpoint)}", unit="batch")
   metrics = evaluate_dataset(model, batches, eval_options, num_classes=descriptor.num_classes,
-                             ignore_label=descriptor.ignore_label, class_names=descriptor.class_names)
+                             ignore_label=descriptor.ignore_label, class_names=descriptor.class_names,
+                             crf_options=crf_options)
   step = eval_common.checkpoint_step(checkpoint)
   result = {"checkpoint": checkpoint, "step": step, "dataset": descriptor.name, "eval_split": FLAGS.eval_split,
-            "eval_options": eval_options.to_dict(), **metrics.to_dict()}
+            "eval_options": eval_options.to_dict(), "resize": eval_common.resize_from_flags(),
+            "crf_options": crf_options.to_dict() if crf_options else None, **metrics.to_dict()}
   print(f"{os.path.basename(checkpoint)} {FLAGS.eval_split}: mIoU {100 * metrics.miou:.2f}% "
         f"pixel accuracy {100 * metrics.pixel_accuracy:.2f}% ({metrics.num_pixels} pixels)")
   for name, iou in result["per_class_iou"].items():
     print(f"  {name:>20s}: " + ("absent" if iou is None else f"{100 * iou:.2f}%"))
   if FLAGS.eval_logdir:
-    os.makedirs(FLAGS.eval_logdir, exist_ok=True)
+    tf.io.gfile.makedirs(FLAGS.eval_logdir)
     path = os.path.join(FLAGS.eval_logdir, f"eval_{os.path.basename(checkpoint)}.json")
     atomic_write_text(path, json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
@@ -87,19 +90,9 @@ def main(argv):
   descriptor = get_descriptor(FLAGS.dataset)
   eval_options = eval_common.eval_options_from_flags(
       eval_common.parse_crop_size(FLAGS.eval_crop_size, "eval_crop_size"))
-  checkpoint = eval_common.checkpoint_from_flags()
-  if FLAGS.checkpoint_path or FLAGS.max_number_of_evaluations == 1:
-    if not checkpoint.endswith(".keras"):
-      checkpoint = resolve_checkpoint(checkpoint)  # a log directory's latest ckpt-N
-    evaluate_checkpoint(checkpoint, descriptor, eval_options)
-    return
-  done = 0
-  for prefix in tf.train.checkpoints_iterator(FLAGS.checkpoint_dir, min_interval_secs=FLAGS.eval_interval_secs,
-                                              timeout=FLAGS.eval_timeout_secs):
-    evaluate_checkpoint(prefix, descriptor, eval_options)
-    done += 1
-    if 0 < FLAGS.max_number_of_evaluations <= done:
-      break
+  crf_options = eval_common.crf_options_from_flags()
+  for checkpoint in eval_common.iterate_checkpoints(FLAGS.max_number_of_evaluations):
+    evaluate_checkpoint(checkpoint, descriptor, eval_options, crf_options)
 
 
 def run():

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
+import tensorflow as tf
 from absl import flags
 
-from deeplab_tf.bin import model_flags  # noqa: F401  (defines --checkpoint_path)
+from deeplab_tf.bin import model_flags
+from deeplab_tf.evaluation.crf import CrfOptions
 from deeplab_tf.options import EvalOptions
 
 FLAGS = flags.FLAGS
@@ -27,6 +29,18 @@ flags.DEFINE_multi_float("eval_scales", [1.0], "Scales whose softmax probabiliti
 flags.DEFINE_boolean("add_flipped_images", False, "Also average over left-right flipped images.")
 flags.DEFINE_boolean("sliding_window", False, "Predict images larger than the eval crop window by window.")
 flags.DEFINE_float("sliding_window_overlap", 1.0 / 3.0, "Minimum overlap fraction of sliding windows.")
+flags.DEFINE_integer("eval_interval_secs", 300, "Seconds between checks for a new checkpoint in "
+                     "--checkpoint_dir.")
+flags.DEFINE_integer("eval_timeout_secs", None, "Stop waiting for a new checkpoint after this long.")
+# DeepLabv2's dense CRF post-processing (deeplab_tf.evaluation.crf; needs deeplab_tf[crf]).
+flags.DEFINE_integer("crf_iterations", 0, "Mean-field iterations of DeepLabv2's dense CRF on each "
+                     "prediction; 0 (default) turns the CRF off, DeepLabv2 uses 10.")
+flags.DEFINE_float("crf_pos_w", CrfOptions.pos_w, "CRF smoothness kernel weight (w2).")
+flags.DEFINE_float("crf_pos_xy_std", CrfOptions.pos_xy_std, "CRF smoothness kernel width in pixels.")
+flags.DEFINE_float("crf_bi_w", CrfOptions.bi_w, "CRF appearance kernel weight (w1).")
+flags.DEFINE_float("crf_bi_xy_std", CrfOptions.bi_xy_std, "CRF appearance kernel width in pixels.")
+flags.DEFINE_float("crf_bi_rgb_std", CrfOptions.bi_rgb_std, "CRF appearance kernel colour width "
+                   "(0-255 units).")
 
 
 def parse_crop_size(values: Optional[Sequence[str]], flag_name: str) -> Optional[Tuple[int, int]]:
@@ -47,10 +61,27 @@ def parse_crop_size(values: Optional[Sequence[str]], flag_name: str) -> Optional
   return size
 
 
+def resize_from_flags() -> dict:
+  """The resize keyword arguments of `build_dataset` from the flags (raises ValueError naming a bad one)."""
+  from deeplab_tf.data.preprocess import check_resize_values  # pylint: disable=import-outside-toplevel
+  check_resize_values(FLAGS.min_resize_value, FLAGS.max_resize_value, FLAGS.resize_factor)
+  return dict(min_resize_value=FLAGS.min_resize_value, max_resize_value=FLAGS.max_resize_value,
+              resize_factor=FLAGS.resize_factor, keep_aspect_ratio=FLAGS.keep_aspect_ratio)
+
+
 def eval_options_from_flags(crop_size: Optional[Tuple[int, int]]) -> EvalOptions:
   return EvalOptions(eval_crop_size=crop_size, eval_scales=tuple(FLAGS.eval_scales),
                      add_flipped_images=FLAGS.add_flipped_images, sliding_window=FLAGS.sliding_window,
                      sliding_window_overlap=FLAGS.sliding_window_overlap)
+
+
+def crf_options_from_flags() -> Optional[CrfOptions]:
+  """The dense CRF's options from the --crf_* flags, or None when --crf_iterations is 0."""
+  if FLAGS.crf_iterations == 0:
+    return None
+  return CrfOptions(iterations=FLAGS.crf_iterations, pos_w=FLAGS.crf_pos_w,
+                    pos_xy_std=FLAGS.crf_pos_xy_std, bi_w=FLAGS.crf_bi_w,
+                    bi_xy_std=FLAGS.crf_bi_xy_std, bi_rgb_std=FLAGS.crf_bi_rgb_std)
 
 
 def checkpoint_from_flags() -> str:
@@ -62,17 +93,45 @@ def checkpoint_from_flags() -> str:
 
 
 def load_model_from_flags(path: str):
-  """`(model, model_options)` of a checkpoint, with --model_options_json if given."""
-  from deeplab_tf import model_io  # the lead's loader
-  options = None
-  if FLAGS.model_options_json:
-    options = model_io.load_model_options(FLAGS.model_options_json)
-  return model_io.load_model(path, options)
+  """`(model, model_options)` of a checkpoint: the options of --model_options_json, else those beside the
+  checkpoint, with the model flags given explicitly (e.g. --output_stride=8) in their place."""
+  from deeplab_tf import io_utils, model_io  # pylint: disable=import-outside-toplevel
+  if path.endswith(".keras"):
+    return model_io.load_model(path, model_io.load_model_options(FLAGS.model_options_json)
+                               if FLAGS.model_options_json else None)
+  options = model_io.load_model_options(FLAGS.model_options_json or (
+      path if io_utils.isdir(path) else model_io.resolve_checkpoint(path)))
+  return model_io.load_model(path, model_flags.override_model_options(options))
+
+
+def iterate_checkpoints(max_number: int) -> Iterator[str]:
+  """The checkpoints to evaluate or visualise, as research/deeplab's eval.py and vis.py loop over them.
+
+  --checkpoint_path: that checkpoint, once. Otherwise the checkpoints of --checkpoint_dir: with
+  `max_number` 1 its latest, else each new one as it appears (the latest first, then every
+  --eval_interval_secs), `max_number` of them (0 or less: forever, or until --eval_timeout_secs passes
+  without a new one).
+
+  Raises:
+    ValueError: neither flag given.
+  """
+  from deeplab_tf.model_io import resolve_checkpoint  # pylint: disable=import-outside-toplevel
+  path = checkpoint_from_flags()
+  if FLAGS.checkpoint_path or max_number == 1:
+    yield path if path.endswith(".keras") else resolve_checkpoint(path)  # a log directory's latest ckpt-N
+    return
+  done = 0
+  for prefix in tf.train.checkpoints_iterator(FLAGS.checkpoint_dir, min_interval_secs=FLAGS.eval_interval_secs,
+                                              timeout=FLAGS.eval_timeout_secs):
+    yield prefix
+    done += 1
+    if 0 < max_number <= done:
+      return
 
 
 def split_pattern(dataset_dir: Optional[str], split: str, flag_name: str) -> str:
   """`<dataset_dir>/<split>-*.tfrecord` (raises ValueError naming --dataset_dir when missing)."""
-  if not dataset_dir or not os.path.isdir(dataset_dir):
+  if not dataset_dir or not tf.io.gfile.isdir(dataset_dir):
     raise ValueError(f"--dataset_dir={dataset_dir!r}: expected the folder of the {split}-*.tfrecord shards "
                      f"(--{flag_name}={split}).")
   return os.path.join(dataset_dir, f"{split}-*.tfrecord")

@@ -1,18 +1,25 @@
 """research/deeplab's model flags (`common.py`), shared by the binaries that build a model.
 
-Importing this module defines the flags; `model_options_from_flags()` turns them into `ModelOptions`.
+Importing this module defines the flags (and, through `deeplab_tf.bin.original_flags`, the original's
+spellings we refuse); `model_options_from_flags()` turns them into `ModelOptions`, and
+`override_model_options()` applies the model flags given explicitly to options read from a checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import flags
 
+from deeplab_tf.bin import original_flags  # noqa: F401  (defines the original's refused spellings)
+from deeplab_tf.model.dense_prediction_cell import load_dense_prediction_cell_config
 from deeplab_tf.options import ModelOptions
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("model_variant", "mobilenet_v2", "Encoder: xception_41/65/71, resnet_v1_50[_beta], "
-                    "resnet_v1_101[_beta], mobilenet_v2.")
+flags.DEFINE_string("model_variant", "mobilenet_v2", "Encoder: xception_41/65/71, resnet_v1_18[_beta], "
+                    "resnet_v1_50[_beta], resnet_v1_101[_beta], mobilenet_v2, mobilenet_v3_large_seg, "
+                    "mobilenet_v3_small_seg, mobilenet_edgetpu, nas_pnasnet, nas_hnasnet.")
 flags.DEFINE_integer("num_classes", 21, "Number of classes the checkpoint predicts.")
 flags.DEFINE_integer("output_stride", 16, "Input / encoder output resolution: 8, 16 or 32.")
 flags.DEFINE_multi_integer("atrous_rates", None, "ASPP atrous rates, one flag each (6, 12, 18 at "
@@ -24,14 +31,43 @@ flags.DEFINE_boolean("aspp_with_separable_conv", True, "Depthwise-separable ASPP
 flags.DEFINE_boolean("decoder_use_separable_conv", True, "Depthwise-separable decoder convolutions.")
 flags.DEFINE_boolean("add_image_level_feature", True, "ASPP image pooling branch.")
 flags.DEFINE_boolean("aspp_with_batch_norm", True, "Build the ASPP head.")
-flags.DEFINE_float("depth_multiplier", 1.0, "MobileNetV2 width multiplier.")
+flags.DEFINE_float("depth_multiplier", 1.0, "MobileNet (V2, V3, EdgeTPU) width multiplier.")
 flags.DEFINE_integer("divisible_by", None, "MobileNetV2 channel rounding (default 8 at multiplier 1, "
                      "else 1).")
 flags.DEFINE_list("image_pooling_crop_size", None, "height,width of the crop image pooling averages "
                   "over; unset pools globally.")
 flags.DEFINE_list("image_pooling_stride", ["1", "1"], "Stride of that pooling window.")
+flags.DEFINE_string("dense_prediction_cell_json", "", "A Dense Prediction Cell JSON file replacing ASPP, or "
+                    "the name of a packaged one (dense_prediction_cell_branch5_top1_cityscapes.json, the "
+                    "model zoo's xception71_dpc_cityscapes); empty builds ASPP.")
+flags.DEFINE_integer("nas_stem_output_num_conv_filters", 20, "NAS encoders: filters of the first cells.")
+flags.DEFINE_boolean("nas_use_classification_head", False, "NAS encoders: image classification head "
+                     "(to output stride 32, 2048 channels).")
+flags.DEFINE_boolean("nas_remove_os32_stride", False, "NAS encoders: no stride in the output stride 32 "
+                     "cells.")
 flags.DEFINE_integer("logits_kernel_size", 1, "Kernel size of the logits convolution.")
 flags.DEFINE_boolean("prediction_with_upsampled_logits", True, "Upsample logits to the input size.")
+# The newest common.py head flags (the MobileNetV3 model-zoo configurations use them).
+flags.DEFINE_boolean("use_bounded_activation", False, "Bounded activations for quantized inference: "
+                     "ReLU6 in the ASPP head and decoder; the bounded Xception (ReLU6, clipping).")
+flags.DEFINE_boolean("aspp_with_concat_projection", True, "ASPP with concat projection.")
+flags.DEFINE_boolean("aspp_with_squeeze_and_excitation", False, "ASPP with squeeze and excitation: the "
+                     "image-pooling branch gates the ASPP output.")
+flags.DEFINE_integer("aspp_convs_filters", 256, "ASPP convolution filters.")
+flags.DEFINE_boolean("decoder_use_sum_merge", False, "Decoder uses simply sum merge.")
+flags.DEFINE_integer("decoder_filters", 256, "Decoder filters.")
+flags.DEFINE_boolean("decoder_output_is_logits", False, "Use decoder output as logits.")
+flags.DEFINE_boolean("image_se_uses_qsigmoid", False, "Use q-sigmoid (relu6(x + 3) * 0.16667) in the "
+                     "squeeze-and-excitation gate.")
+
+# Input resizing (research/deeplab common.py), used by train, eval and vis: deeplab_tf.data.preprocess.
+flags.DEFINE_integer("min_resize_value", None, "Resize every image first so that its smaller side has this "
+                     "many pixels (unless --max_resize_value caps the larger side); unset: no resize.")
+flags.DEFINE_integer("max_resize_value", None, "Largest allowed size of the larger side after resizing "
+                     "(needs --min_resize_value).")
+flags.DEFINE_integer("resize_factor", None, "Resized sides are a multiple of this plus one.")
+flags.DEFINE_boolean("keep_aspect_ratio", True, "Keep the aspect ratio when resizing; False resizes to a "
+                     "square of the larger side.")
 
 flags.DEFINE_boolean("overwrite", False, "Replace existing outputs (export, converted model) once the "
                      "new ones are complete.")
@@ -74,5 +110,34 @@ def model_options_from_flags() -> ModelOptions:
       divisible_by=FLAGS.divisible_by,
       image_pooling_crop_size=_ints(FLAGS.image_pooling_crop_size, "image_pooling_crop_size"),
       image_pooling_stride=_ints(FLAGS.image_pooling_stride, "image_pooling_stride"),
+      dense_prediction_cell_config=(load_dense_prediction_cell_config(FLAGS.dense_prediction_cell_json)
+                                    if FLAGS.dense_prediction_cell_json else None),
+      nas_stem_output_num_conv_filters=FLAGS.nas_stem_output_num_conv_filters,
+      nas_use_classification_head=FLAGS.nas_use_classification_head,
+      nas_remove_os32_stride=FLAGS.nas_remove_os32_stride,
       logits_kernel_size=FLAGS.logits_kernel_size,
-      prediction_with_upsampled_logits=FLAGS.prediction_with_upsampled_logits)
+      prediction_with_upsampled_logits=FLAGS.prediction_with_upsampled_logits,
+      use_bounded_activation=FLAGS.use_bounded_activation,
+      aspp_with_concat_projection=FLAGS.aspp_with_concat_projection,
+      aspp_with_squeeze_and_excitation=FLAGS.aspp_with_squeeze_and_excitation,
+      aspp_convs_filters=FLAGS.aspp_convs_filters,
+      decoder_use_sum_merge=FLAGS.decoder_use_sum_merge,
+      decoder_filters=FLAGS.decoder_filters,
+      decoder_output_is_logits=FLAGS.decoder_output_is_logits,
+      image_se_uses_qsigmoid=FLAGS.image_se_uses_qsigmoid)
+
+
+def override_model_options(options: ModelOptions) -> ModelOptions:
+  """`options` with every model flag given explicitly on the command line in its place.
+
+  research/deeplab's eval.py and vis.py build the model from their flags, so an evaluation may use
+  another output_stride or atrous_rates than training did; ours read the architecture beside the
+  checkpoint, and the model flags given explicitly take precedence.
+
+  Raises:
+    ValueError: naming a bad flag.
+  """
+  flagged = model_options_from_flags()
+  changes = {field.name: getattr(flagged, field.name) for field in dataclasses.fields(ModelOptions)
+             if field.name in FLAGS and FLAGS[field.name].present}
+  return options.replace(**changes) if changes else options

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from deeplab_tf.bin import eval_common, model_flags
 from deeplab_tf.data.descriptors import get_descriptor
+from deeplab_tf.evaluation import validation
 from deeplab_tf.options import TrainOptions
 from deeplab_tf.training import strategy as strategy_lib
 from deeplab_tf.training import trainer
@@ -28,9 +29,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("train_logdir", None, "Where checkpoints, model_options.json and summaries go.")
 flags.DEFINE_integer("log_steps", 10, "Log loss, learning rate, steps/s and ETA every this many steps.")
 flags.DEFINE_integer("save_interval_steps", 1000, "Checkpoint every this many steps (and on SIGTERM).")
+flags.DEFINE_integer("save_interval_secs", 1200, "Also checkpoint every this many seconds (research/"
+                     "deeplab's interval); 0 = step-based only.")
 flags.DEFINE_integer("save_summaries_steps", 100, "TensorBoard scalars every this many steps.")
-flags.DEFINE_integer("save_summaries_secs", None, "research/deeplab's time-based interval; not used "
-                     "(summaries are step-based here): give --save_summaries_steps instead.")
 flags.DEFINE_boolean("save_summaries_images", False, "Also write image, label and prediction summaries.")
 flags.DEFINE_integer("max_to_keep", 5, "Checkpoints kept.")
 flags.DEFINE_boolean("progress_bar", False, "A tqdm progress bar instead of a log line every log_steps.")
@@ -38,10 +39,10 @@ flags.DEFINE_boolean("progress_bar", False, "A tqdm progress bar instead of a lo
 flags.DEFINE_string("train_split", "train", "Split to train on ({split}-*.tfrecord in --dataset_dir).")
 flags.DEFINE_list("train_crop_size", ["513", "513"], "Training crop height,width.")
 # Optimisation.
-flags.DEFINE_integer("train_batch_size", 16, "Global batch size, split across replicas.")
+flags.DEFINE_integer("train_batch_size", 8, "Global batch size, split across replicas (the papers: 16).")
 flags.DEFINE_integer("training_number_of_steps", 30000, "Total optimizer steps.")
-flags.DEFINE_float("base_learning_rate", 0.0001, "0.007 on train_aug, 1e-4 (or the paper's 1e-3) to "
-                   "fine-tune.")
+flags.DEFINE_float("base_learning_rate", 0.0001, "Initial learning rate: 0.007 on train_aug, 1e-4 "
+                   "(or the paper's 1e-3) to fine-tune.")
 flags.DEFINE_enum("learning_policy", "poly", ["poly", "step", "cosine"], "Learning-rate policy.")
 flags.DEFINE_float("learning_power", 0.9, "Exponent of the poly policy.")
 flags.DEFINE_integer("learning_rate_decay_step", 2000, "Step policy: decay every this many steps.")
@@ -59,7 +60,8 @@ flags.DEFINE_float("top_k_percent_pixels", 1.0, "Hard pixel mining: fraction of 
 flags.DEFINE_integer("hard_example_mining_step", 0, "Steps over which mining ramps in.")
 flags.DEFINE_boolean("upsample_logits", True, "Loss on logits upsampled to the labels.")
 flags.DEFINE_float("last_layer_gradient_multiplier", 1.0, "Gradient multiplier of the last layers.")
-flags.DEFINE_multi_float("class_weights", None, "Per-class loss weights, one per class.")
+flags.DEFINE_multi_float("label_weights", None, "Per-class loss weights, one flag per class in class "
+                         "order; unset weights every class 1.")
 flags.DEFINE_integer("seed", None, "Random seed of initialisation and augmentation.")
 # Initialisation.
 flags.DEFINE_string("tf_initial_checkpoint", None, "Start from: .keras/.weights.h5, our checkpoint, or a "
@@ -71,87 +73,40 @@ flags.DEFINE_integer("num_gpus", 0, "mirrored: GPUs to use (0 = all visible).")
 flags.DEFINE_string("tpu", None, "tpu: TPU name, grpc:// address or 'local'.")
 flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                   "Keras dtype policy.")
+flags.DEFINE_integer("steps_per_loop", 1, "Optimizer steps per tf.function call: the host reads the "
+                     "loss (logs, summaries, NaN check) only every this many steps.")
+flags.DEFINE_boolean("jit_compile", False, "Compile the training step (forward, loss, gradients) with "
+                     "XLA.")
 flags.DEFINE_boolean("sync_batch_norm", False, "Synchronise BN statistics across replicas.")
 flags.DEFINE_string("validation_split", None, "Also compute mIoU on this split (e.g. val) after every "
                     "checkpoint, written to TensorBoard as validation/miou (not in research/deeplab, "
                     "which ran eval.py beside training).")
 flags.DEFINE_integer("validation_max_images", 50, "Images of --validation_split used (a subset, so that "
                      "validation stays cheap); 0 = the whole split.")
-flags.DEFINE_float("batch_norm_decay", None, "Override of every BN moving-average decay (default: the "
-                   "original's 0.9997); 0.9-0.99 for runs of a few hundred steps.")
+flags.DEFINE_float("batch_norm_decay", 0.9997, "BatchNorm moving-average decay: at 0.9997 every layer "
+                   "keeps the original's (ResNet's 0.95 included); another value sets every layer's, "
+                   "e.g. 0.9-0.99 for runs of a few hundred steps.")
 
 
 def options_from_flags():
-  """`(ModelOptions, TrainOptions, descriptor)` from the flags; ValueError names a bad flag."""
+  """`(ModelOptions, TrainOptions, descriptor)` from the flags; ValueError names a bad flag.
+
+  Every `TrainOptions` field is set from the flag of the same name.
+  """
   descriptor = get_descriptor(FLAGS.dataset)
   model_options = model_flags.model_options_from_flags()
   if not FLAGS["num_classes"].present:  # not given: the dataset's
     model_options = model_options.replace(num_classes=descriptor.num_classes)
-  train_options = TrainOptions(
-      train_crop_size=eval_common.parse_crop_size(FLAGS.train_crop_size, "train_crop_size"),
-      train_batch_size=FLAGS.train_batch_size,
-      training_number_of_steps=FLAGS.training_number_of_steps,
-      base_learning_rate=FLAGS.base_learning_rate, learning_policy=FLAGS.learning_policy,
-      learning_power=FLAGS.learning_power, learning_rate_decay_step=FLAGS.learning_rate_decay_step,
-      learning_rate_decay_factor=FLAGS.learning_rate_decay_factor,
-      slow_start_step=FLAGS.slow_start_step, slow_start_learning_rate=FLAGS.slow_start_learning_rate,
-      slow_start_burnin_type=FLAGS.slow_start_burnin_type, momentum=FLAGS.momentum,
-      weight_decay=FLAGS.weight_decay, fine_tune_batch_norm=FLAGS.fine_tune_batch_norm,
-      min_scale_factor=FLAGS.min_scale_factor, max_scale_factor=FLAGS.max_scale_factor,
-      scale_factor_step_size=FLAGS.scale_factor_step_size,
-      top_k_percent_pixels=FLAGS.top_k_percent_pixels,
-      hard_example_mining_step=FLAGS.hard_example_mining_step,
-      upsample_logits=FLAGS.upsample_logits,
-      last_layer_gradient_multiplier=FLAGS.last_layer_gradient_multiplier,
-      save_interval_steps=FLAGS.save_interval_steps,
-      save_summaries_steps=FLAGS.save_summaries_steps, max_to_keep=FLAGS.max_to_keep,
-      log_steps=FLAGS.log_steps,
-      class_weights=tuple(FLAGS.class_weights) if FLAGS.class_weights else None,
-      tf_initial_checkpoint=FLAGS.tf_initial_checkpoint,
-      initialize_last_layer=FLAGS.initialize_last_layer,
-      last_layers_contain_logits_only=FLAGS.last_layers_contain_logits_only,
-      mixed_precision=FLAGS.mixed_precision, sync_batch_norm=FLAGS.sync_batch_norm,
-      batch_norm_decay=FLAGS.batch_norm_decay,
-      save_summaries_images=FLAGS.save_summaries_images, seed=FLAGS.seed)
-  return model_options, train_options, descriptor
-
-
-def _validation_fn(model_options, descriptor, pattern: str, max_images: int):
-  """mIoU of the model on the first `max_images` images of a split (one image at a time, own size).
-
-  The trainer's model has the training crop as its static input shape, so validation runs a twin built
-  for any input size (once), with the trained weights copied in.
-  """
-  from deeplab_tf.model.deeplab import build_deeplab  # pylint: disable=import-outside-toplevel
-  from deeplab_tf.data.pipeline import build_dataset  # pylint: disable=import-outside-toplevel
-  from deeplab_tf.evaluation.evaluate import evaluate_dataset  # pylint: disable=import-outside-toplevel
-  from deeplab_tf.evaluation.inference import model_mean_pixel  # pylint: disable=import-outside-toplevel
-  from deeplab_tf.options import EvalOptions  # pylint: disable=import-outside-toplevel
-
-  twin = []
-
-  def validate(model):
-    if not twin:
-      twin.append(build_deeplab(model_options))
-    twin[0].set_weights(model.get_weights())
-    model = twin[0]
-    dataset = build_dataset(pattern, is_training=False, crop_size=None, batch_size=1,
-                            ignore_label=descriptor.ignore_label, mean_pixel=model_mean_pixel(model))
-    if max_images > 0:
-      dataset = dataset.take(max_images)
-    metrics = evaluate_dataset(model, dataset, EvalOptions(), num_classes=descriptor.num_classes,
-                               ignore_label=descriptor.ignore_label)
-    return {"miou": metrics.miou, "pixel_accuracy": metrics.pixel_accuracy}
-
-  return validate
+  values = {name: FLAGS[name].value for name in TrainOptions.flag_names()}
+  values["train_crop_size"] = eval_common.parse_crop_size(FLAGS.train_crop_size, "train_crop_size")
+  values["label_weights"] = tuple(FLAGS.label_weights) if FLAGS.label_weights else None
+  return model_options, TrainOptions(**values), descriptor
 
 
 def main(argv):
   del argv
   if not FLAGS.train_logdir:
     raise app.UsageError("--train_logdir is required.")
-  if FLAGS.save_summaries_secs is not None:
-    raise app.UsageError("--save_summaries_secs is not supported; use --save_summaries_steps.")
   try:
     model_options, train_options, descriptor = options_from_flags()
     pattern = eval_common.split_pattern(FLAGS.dataset_dir, FLAGS.train_split, "train_split")
@@ -168,28 +123,30 @@ def main(argv):
                  p.step, p.total_steps, p.loss, p.cross_entropy, p.learning_rate, p.steps_per_sec,
                  p.eta_seconds)
 
-  validation_fn = None
+  validate = None
   if FLAGS.validation_split:
-    validation_fn = _validation_fn(model_options, descriptor, eval_common.split_pattern(
-        FLAGS.dataset_dir, FLAGS.validation_split, "validation_split"), FLAGS.validation_max_images)
+    validate = validation.validation_fn(
+        model_options, eval_common.split_pattern(FLAGS.dataset_dir, FLAGS.validation_split,
+                                                 "validation_split"),
+        num_classes=descriptor.num_classes, ignore_label=descriptor.ignore_label,
+        max_images=FLAGS.validation_max_images)
 
-  bar = tqdm(total=train_options.training_number_of_steps, unit="step") if FLAGS.progress_bar else None
-
-  def bar_postfix(p: trainer.Progress):
-    bar.set_postfix(loss=f"{p.loss:.4f}", xent=f"{p.cross_entropy:.4f}", lr=f"{p.learning_rate:.3g}")
-
+  bar = (tqdm(total=train_options.solver.training_number_of_steps, unit="step")
+         if FLAGS.progress_bar else None)
   try:
     result = trainer.train(model_options, train_options, pattern, FLAGS.train_logdir,
                            strategy=strategy, ignore_label=descriptor.ignore_label, progress=bar,
-                           on_log=bar_postfix if bar else log_line, validation_fn=validation_fn)
+                           on_log=None if bar else log_line, validation_fn=validate)
+  except trainer.CheckpointWriteError as e:
+    raise SystemExit(f"deeplab_train: {e}") from e
   finally:
     if bar is not None:
       bar.close()
   for step, values in result.validation:
     logging.info("validation at step %d: %s", step, values)
-  logging.info("%s at step %d, loss %.4f, %.0f s; checkpoint %s",
+  logging.info("%s at step %d (started at step %d), loss %.4f, %.0f s; checkpoint %s",
                "Interrupted" if result.interrupted else "Finished", result.final_step,
-               result.last_loss, result.wall_time_seconds, result.checkpoint_path)
+               result.start_step, result.last_loss, result.wall_time_seconds, result.checkpoint_path)
 
 
 def run():

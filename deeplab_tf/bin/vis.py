@@ -1,27 +1,40 @@
 """Writes images, coloured predictions and overlays of a split (research/deeplab `vis.py`'s flags).
 
   python -m deeplab_tf.bin.vis --checkpoint_dir=/train --vis_logdir=/vis --dataset=pascal_voc_seg \
-      --dataset_dir=/data/tfrecord --vis_split=val --vis_crop_size=513,513 --also_save_raw_predictions
+      --dataset_dir=/data/tfrecord --vis_split=val --vis_crop_size=513,513 --also_save_raw_predictions \
+      --max_number_of_iterations=1
 
 Into `<vis_logdir>/segmentation_results/`, for the i-th image as the original: `{i:06d}_image.png`,
-`{i:06d}_prediction.png` (a palette PNG in the colormap's colours whose values are the class ids), and
+`{i:06d}_prediction.png` (a palette PNG in the --colormap_type colours whose values are the class ids), and
 ours: `{i:06d}_overlay.png` (image blended with the prediction) and `{i:06d}_panel.png`
 (image | ground truth | prediction). With --also_save_raw_predictions, `<vis_logdir>/
-raw_segmentation_results/<image name>.png` holds the class ids as a greyscale PNG, like the original.
+raw_segmentation_results/<image name>.png` holds the class ids as a greyscale PNG, like the original; for
+--dataset=cityscapes they are converted from train ids to the label ids the benchmark server scores.
+
+As the original, every checkpoint of --checkpoint_dir is visualised as it appears, --max_number_of_iterations
+of them (default 0: forever; 1: the latest once); --checkpoint_path visualises that one once. With
+--min_resize_value (and --max_resize_value, --resize_factor) the images are resized first; image, overlay and
+panel show the resized image, the prediction PNGs are resized back (nearest neighbour, align_corners) to the
+image's own size, as the original does for the benchmark server.
+--crf_iterations=10 (and the other --crf_* flags, as eval) refines the predictions with DeepLabv2's dense CRF.
 """
 
 from __future__ import annotations
 
 import os
 
+import tensorflow as tf
 from absl import app, flags
 from tqdm import tqdm
 
 from deeplab_tf import visualization
 from deeplab_tf.bin import eval_common
-from deeplab_tf.data.descriptors import get_descriptor
+from deeplab_tf.data.descriptors import cityscapes_train_ids_to_label_ids, get_descriptor
 from deeplab_tf.data.pipeline import build_dataset
-from deeplab_tf.evaluation.inference import model_mean_pixel, predict_labels
+from deeplab_tf.data.preprocess import resize_to_range_size
+from deeplab_tf.evaluation.crf import dense_crf_labels
+from deeplab_tf.evaluation.inference import model_mean_pixel, predict_labels, predict_probabilities
+from deeplab_tf.image_ops import resize_nearest_align_corners
 
 FLAGS = flags.FLAGS
 
@@ -29,48 +42,95 @@ flags.DEFINE_string("vis_logdir", None, "Where the pictures go.")
 flags.DEFINE_string("vis_split", "val", "Split to visualise.")
 flags.DEFINE_list("vis_crop_size", ["513", "513"], "height,width the images are padded to; empty for "
                   "each image at its own size.")
-flags.DEFINE_string("colormap_type", None, "pascal, cityscapes, ade20k or custom; default: the dataset's.")
-flags.DEFINE_boolean("also_save_raw_predictions", False, "Also write the class ids as greyscale PNGs.")
+flags.DEFINE_integer("vis_batch_size", 1, "Images per batch (above 1 needs --vis_crop_size).")
+flags.DEFINE_enum("colormap_type", "pascal", ["pascal", "cityscapes", "ade20k", "custom", "dataset"],
+                  "Colours of the predictions: pascal (the original's default), cityscapes, ade20k, "
+                  "custom, or dataset (the dataset descriptor's).")
+flags.DEFINE_boolean("also_save_raw_predictions", False, "Also write the class ids as greyscale PNGs "
+                     "named after the images (Cityscapes: label ids).")
+flags.DEFINE_integer("max_number_of_iterations", 0, "Checkpoints of --checkpoint_dir to visualise as they "
+                     "appear: 0 = wait for new ones forever (as the original); 1 = the latest once.")
 flags.DEFINE_integer("max_number_of_images", 0, "Stop after this many images (0 = the whole split).")
 flags.DEFINE_float("overlay_alpha", 0.5, "Weight of the prediction colours in the overlays.")
+
+
+def visualise_checkpoint(checkpoint: str, descriptor, eval_options, colormap: str, resize: dict,
+                         crf_options=None) -> str:
+  """Writes the pictures of every image of --vis_split predicted by `checkpoint` (refined by the dense CRF
+  with `crf_options`); returns their folder."""
+  model, _ = eval_common.load_model_from_flags(checkpoint)
+  windowed = eval_options.sliding_window
+  dataset = build_dataset(
+      eval_common.split_pattern(FLAGS.dataset_dir, FLAGS.vis_split, "vis_split"), is_training=False,
+      crop_size=None if windowed else eval_options.eval_crop_size,
+      batch_size=1 if windowed else FLAGS.vis_batch_size, ignore_label=descriptor.ignore_label,
+      mean_pixel=model_mean_pixel(model), **resize)
+  results_dir = os.path.join(FLAGS.vis_logdir, "segmentation_results")
+  raw_dir = os.path.join(FLAGS.vis_logdir, "raw_segmentation_results")
+  resized = resize["min_resize_value"] or resize["max_resize_value"]
+  limit = FLAGS.max_number_of_images if FLAGS.max_number_of_images > 0 else None
+  total = descriptor.splits_to_sizes.get(FLAGS.vis_split)
+  total = min(total or limit, limit) if limit else total
+  progress = tqdm(total=total, desc=f"vis {os.path.basename(checkpoint)}", unit="image")
+  index = 0
+  for batch in dataset:
+    if crf_options is None:
+      predictions = predict_labels(model, batch["image"], eval_options)
+    else:
+      probabilities = predict_probabilities(model, batch["image"], eval_options)
+    for k in range(int(batch["image"].shape[0])):
+      if limit is not None and index >= limit:
+        break
+      height, width = int(batch["height"][k]), int(batch["width"][k])
+      size = (resize_to_range_size(height, width, resize["min_resize_value"], resize["max_resize_value"],
+                                   resize["resize_factor"], resize["keep_aspect_ratio"]).numpy()
+              if resized else (height, width))
+      image = batch["image"][k, :size[0], :size[1]].numpy()
+      label = batch["label"][k, :size[0], :size[1], 0].numpy()
+      if crf_options is None:
+        prediction = predictions[k, :size[0], :size[1]]
+      else:
+        prediction = tf.constant(dense_crf_labels(image[None], probabilities[k:k + 1, :size[0], :size[1]],
+                                                  crf_options)[0])
+      visualization.save_image_png(image, os.path.join(results_dir, f"{index:06d}_image.png"))
+      visualization.save_image_png(
+          visualization.overlay(image, prediction.numpy(), colormap, FLAGS.overlay_alpha),
+          os.path.join(results_dir, f"{index:06d}_overlay.png"))
+      visualization.save_image_png(visualization.side_by_side(image, label, prediction.numpy(), colormap),
+                                   os.path.join(results_dir, f"{index:06d}_panel.png"))
+      if resized:  # back to the image's own size, as the original's vis.py
+        prediction = resize_nearest_align_corners(prediction[None, ..., None], (height, width))[0, ..., 0]
+      prediction = prediction.numpy()
+      visualization.save_label_png(prediction, os.path.join(results_dir, f"{index:06d}_prediction.png"),
+                                   colormap)
+      if FLAGS.also_save_raw_predictions:
+        if descriptor.name == "cityscapes":
+          prediction = cityscapes_train_ids_to_label_ids(prediction)
+        name = os.path.splitext(os.path.basename(batch["image_name"][k].numpy().decode("utf-8")))[0]
+        visualization.save_label_png(prediction, os.path.join(raw_dir, f"{name}.png"), colormap=None)
+      index += 1
+      progress.update(1)
+    if limit is not None and index >= limit:
+      break
+  progress.close()
+  return results_dir
 
 
 def main(argv):
   del argv
   if not FLAGS.vis_logdir:
-    raise ValueError("--vis_logdir is required: the folder the pictures are written to.")
+    raise app.UsageError("--vis_logdir is required: the folder the pictures are written to.")
   descriptor = get_descriptor(FLAGS.dataset)
-  colormap = FLAGS.colormap_type or descriptor.colormap
-  eval_options = eval_common.eval_options_from_flags(
-      eval_common.parse_crop_size(FLAGS.vis_crop_size, "vis_crop_size"))
-  model, _ = eval_common.load_model_from_flags(eval_common.checkpoint_from_flags())
-  windowed = eval_options.sliding_window
-  dataset = build_dataset(
-      eval_common.split_pattern(FLAGS.dataset_dir, FLAGS.vis_split, "vis_split"), is_training=False,
-      crop_size=None if windowed else eval_options.eval_crop_size, batch_size=1,
-      ignore_label=descriptor.ignore_label, mean_pixel=model_mean_pixel(model))
-  results_dir = os.path.join(FLAGS.vis_logdir, "segmentation_results")
-  raw_dir = os.path.join(FLAGS.vis_logdir, "raw_segmentation_results")
-  total = descriptor.splits_to_sizes.get(FLAGS.vis_split)
-  if FLAGS.max_number_of_images > 0:
-    dataset = dataset.take(FLAGS.max_number_of_images)
-    total = min(total or FLAGS.max_number_of_images, FLAGS.max_number_of_images)
-  for i, batch in enumerate(tqdm(dataset, total=total, desc="vis", unit="image")):
-    height, width = int(batch["height"][0]), int(batch["width"][0])
-    image = batch["image"][0, :height, :width].numpy()
-    label = batch["label"][0, :height, :width, 0].numpy()
-    prediction = predict_labels(model, batch["image"], eval_options)[0, :height, :width].numpy()
-    visualization.save_image_png(image, os.path.join(results_dir, f"{i:06d}_image.png"))
-    visualization.save_label_png(prediction, os.path.join(results_dir, f"{i:06d}_prediction.png"), colormap)
-    visualization.save_image_png(
-        visualization.overlay(image, prediction, colormap, FLAGS.overlay_alpha),
-        os.path.join(results_dir, f"{i:06d}_overlay.png"))
-    visualization.save_image_png(visualization.side_by_side(image, label, prediction, colormap),
-                                 os.path.join(results_dir, f"{i:06d}_panel.png"))
-    if FLAGS.also_save_raw_predictions:
-      name = os.path.splitext(os.path.basename(batch["image_name"][0].numpy().decode("utf-8")))[0]
-      visualization.save_label_png(prediction, os.path.join(raw_dir, f"{name}.png"), colormap=None)
-  print(f"wrote {results_dir}")
+  colormap = descriptor.colormap if FLAGS.colormap_type == "dataset" else FLAGS.colormap_type
+  try:
+    eval_options = eval_common.eval_options_from_flags(
+        eval_common.parse_crop_size(FLAGS.vis_crop_size, "vis_crop_size"))
+    resize = eval_common.resize_from_flags()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  crf_options = eval_common.crf_options_from_flags()
+  for checkpoint in eval_common.iterate_checkpoints(FLAGS.max_number_of_iterations):
+    print(f"wrote {visualise_checkpoint(checkpoint, descriptor, eval_options, colormap, resize, crf_options)}")
 
 
 def run():

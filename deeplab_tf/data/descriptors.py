@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Dict, Tuple
 
+import numpy as np
+import tensorflow as tf
 from cityscapesscripts.helpers import labels as cityscapes_labels
 
 from deeplab_tf.data import colormaps
-from deeplab_tf.io_utils import atomic_write_text
+from deeplab_tf.io_utils import atomic_write_text, read_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,32 @@ PASCAL_VOC_CLASSES = (
 CITYSCAPES_CLASSES = tuple(
     label.name for label in sorted(cityscapes_labels.labels, key=lambda l: l.trainId)
     if 0 <= label.trainId < 255)
+
+# Cityscapes' label id of each train id 0..18, from the same table (research/deeplab vis.py
+# `_CITYSCAPES_TRAIN_ID_TO_EVAL_ID`: 7, 8, 11, ..., 33): the benchmark server scores label ids.
+CITYSCAPES_TRAIN_ID_TO_LABEL_ID = tuple(
+    label.id for label in sorted(cityscapes_labels.labels, key=lambda l: l.trainId)
+    if 0 <= label.trainId < 255)
+
+
+def cityscapes_train_ids_to_label_ids(train_ids):
+  """Maps Cityscapes train ids (what our models predict) to label ids (what its benchmark server scores).
+
+  Args:
+    train_ids: integer array of any shape with values in [0, 19).
+
+  Returns:
+    An array of the same shape and dtype (values 7..33).
+
+  Raises:
+    ValueError: a value outside [0, 19).
+  """
+  train_ids = np.asarray(train_ids)
+  if train_ids.size and (train_ids.min() < 0 or train_ids.max() >= len(CITYSCAPES_TRAIN_ID_TO_LABEL_ID)):
+    raise ValueError(f"Cityscapes train ids must lie in [0, {len(CITYSCAPES_TRAIN_ID_TO_LABEL_ID)}); got "
+                     f"[{train_ids.min()}, {train_ids.max()}].")
+  return np.asarray(CITYSCAPES_TRAIN_ID_TO_LABEL_ID, train_ids.dtype)[train_ids]
+
 
 # ADE20K SceneParsing (objectInfo150.csv, first name of each entry), preceded by id 0 "other" which the
 # original ignores (ignore_label 0, 151 classes).
@@ -142,14 +169,13 @@ def get_descriptor(name_or_json_path: str) -> DatasetDescriptor:
   """
   if name_or_json_path in _BUILTIN:
     return _BUILTIN[name_or_json_path]
-  if not os.path.isfile(name_or_json_path):
+  if not tf.io.gfile.exists(name_or_json_path) or tf.io.gfile.isdir(name_or_json_path):
     raise ValueError(f"Unknown dataset {name_or_json_path!r}: not one of {list(BUILTIN_NAMES)} and not a "
                      "JSON descriptor file. Give a built-in name or the path of a descriptor JSON.")
-  with open(name_or_json_path, encoding="utf-8") as f:
-    try:
-      values = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"Dataset descriptor {name_or_json_path} is not valid JSON: {e}.") from e
+  try:
+    values = json.loads(read_text(name_or_json_path))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"Dataset descriptor {name_or_json_path} is not valid JSON: {e}.") from e
   if not isinstance(values, dict):
     raise ValueError(f"Dataset descriptor {name_or_json_path} must hold a JSON object.")
   return descriptor_from_dict(values, name_or_json_path)

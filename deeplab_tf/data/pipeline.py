@@ -11,6 +11,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
+from deeplab_tf import io_utils
 from deeplab_tf.data import features, preprocess
 
 # research/deeplab data_generator: `dataset.shuffle(buffer_size=100)`, `num_parallel_reads`.
@@ -107,6 +108,52 @@ def _tfds_examples(tfds_name: str, tfds_split: str, tfds_data_dir: Optional[str]
   return dataset.map(convert, num_parallel_calls=_AUTOTUNE)
 
 
+def _source_description(file_pattern, tfds_name, tfds_split) -> str:
+  """The split a pipeline reads, for messages: "the train split (shards /data/train-*.tfrecord)".
+
+  No quotes: TensorFlow escapes them in an assertion's message."""
+  if tfds_name is not None:
+    return f"the {tfds_split} split of tensorflow-datasets {tfds_name}"
+  patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+  split = io_utils.basename(patterns[0]).split("-")[0] if patterns else ""
+  return f"the {split} split (shards {', '.join(patterns)})"
+
+
+def check_label_range(batch: Dict[str, tf.Tensor], num_classes: int, ignore_label: int,
+                      source: str = "the dataset") -> Dict[str, tf.Tensor]:
+  """Passes `batch` through if every label is in [0, num_classes) or is `ignore_label`; else raises.
+
+  One reduction per batch. Without it a label >= num_classes stops training only inside the loss with
+  TensorFlow's raw error on CPU, and silently gives NaN on GPU.
+
+  Args:
+    batch: a dict with "label" int `[b, h, w, 1]` and, for the message, "image_name" string `[b]`.
+    num_classes: the model's number of classes.
+    ignore_label: the one label allowed outside [0, num_classes).
+    source: what the batch comes from, named in the message (e.g. "the train split (shards ...)").
+
+  Returns:
+    `batch`, unchanged once the check has run.
+
+  Raises:
+    tf.errors.InvalidArgumentError (when the batch is computed): naming `source`, num_classes (flag
+      --num_classes), ignore_label, the offending label values and the images holding them.
+  """
+  label = batch["label"]
+  bad = tf.logical_or(label < 0, tf.logical_and(label >= num_classes, label != ignore_label))
+  offending, _ = tf.unique(tf.reshape(tf.boolean_mask(label, bad), [-1]))
+  data = [f"Labels of {source} hold values outside [0, {num_classes}) other than ignore_label="
+          f"{ignore_label}; the model has num_classes={num_classes} (flag --num_classes): set it to the "
+          "dataset's number of classes, or map those values to ignore_label when converting. "
+          "Offending label values:", offending]
+  if "image_name" in batch:
+    bad_images = tf.reduce_any(tf.reshape(bad, [tf.shape(bad)[0], -1]), axis=1)
+    data += ["in images:", tf.boolean_mask(batch["image_name"], bad_images)]
+  check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), data, summarize=10)
+  with tf.control_dependencies([check]):
+    return dict(batch, label=tf.identity(label))
+
+
 def build_dataset(file_pattern: Union[str, Sequence[str], None], *, is_training: bool,
                   crop_size: Optional[Tuple[int, int]], batch_size: int, ignore_label: int,
                   mean_pixel: Sequence[float] = (127.5, 127.5, 127.5), min_scale_factor: float = 0.5,
@@ -114,7 +161,10 @@ def build_dataset(file_pattern: Union[str, Sequence[str], None], *, is_training:
                   shuffle: Optional[bool] = None, repeat: Optional[bool] = None,
                   input_context: Optional[tf.distribute.InputContext] = None, seed: Optional[int] = None,
                   tfds_name: Optional[str] = None, tfds_split: Optional[str] = None,
-                  tfds_data_dir: Optional[str] = None, tfds_keys: Optional[Tuple[str, str]] = None
+                  tfds_data_dir: Optional[str] = None, tfds_keys: Optional[Tuple[str, str]] = None,
+                  min_resize_value: Optional[int] = None, max_resize_value: Optional[int] = None,
+                  resize_factor: Optional[int] = None, keep_aspect_ratio: bool = True,
+                  num_classes: Optional[int] = None
                   ) -> tf.data.Dataset:
   """Batches of preprocessed examples from TFRecord shards or from a prepared tfds dataset.
 
@@ -146,16 +196,29 @@ def build_dataset(file_pattern: Union[str, Sequence[str], None], *, is_training:
     tfds_data_dir: the tfds data directory (default: tfds' own).
     tfds_keys: (image feature, label feature) of the tfds dataset; known for `scene_parse150` and
       `cityscapes` (whose label ids are mapped to the 19 train ids), else ("image", "segmentation_mask").
+    min_resize_value: resize every image (and label) first into a size range, training and evaluation
+      alike, as research/deeplab's flag of the same name (`preprocess.resize_to_range`); None: no resize.
+    max_resize_value: see `preprocess.resize_to_range` (`max_size`).
+    resize_factor: see `preprocess.resize_to_range` (`factor`).
+    keep_aspect_ratio: see `preprocess.resize_to_range`.
+    num_classes: the model's number of classes; when given, every batch's labels are checked to be in
+      [0, num_classes) or `ignore_label` (`check_label_range`), so that a wrong `--num_classes` stops
+      at the first bad batch with a message naming the split and the values.
 
   Returns:
     A dataset of dicts: "image" float32 [b, h, w, 3] RGB in [0, 255]; "label" int32 [b, h, w, 1];
-    "image_name" string [b]; "height", "width" int32 [b], the size before scaling and padding.
+    "image_name" string [b]; "height", "width" int32 [b], the size before resizing, scaling and padding.
 
   Raises:
     ValueError: if no file matches, crop_size is missing when training, batch_size > 1 in evaluation
-      without crop_size, both or neither of file_pattern and tfds_name are given, or scale factors are
-      inconsistent.
+      without crop_size, both or neither of file_pattern and tfds_name are given, or scale factors or
+      resize values are inconsistent.
+    tf.errors.InvalidArgumentError: while iterating, a label outside [0, num_classes) other than
+      ignore_label (only when `num_classes` is given).
   """
+  resize = dict(min_resize_value=min_resize_value, max_resize_value=max_resize_value,
+                resize_factor=resize_factor, keep_aspect_ratio=keep_aspect_ratio)
+  preprocess.check_resize_values(min_resize_value, max_resize_value, resize_factor)
   if (file_pattern is None) == (tfds_name is None):
     raise ValueError("Give exactly one of file_pattern (TFRecord shards) and tfds_name (a prepared "
                      f"tensorflow-datasets dataset); got file_pattern={file_pattern!r}, tfds_name={tfds_name!r}.")
@@ -189,13 +252,13 @@ def build_dataset(file_pattern: Union[str, Sequence[str], None], *, is_training:
     image, label = preprocess.preprocess_for_train(
         example["image"], example["label"], crop_size=crop_size, ignore_label=ignore_label,
         mean_pixel=mean_pixel, min_scale_factor=min_scale_factor, max_scale_factor=max_scale_factor,
-        scale_factor_step_size=scale_factor_step_size, seed=element_seed)
+        scale_factor_step_size=scale_factor_step_size, seed=element_seed, **resize)
     return dict(example, image=image, label=label)
 
   def eval_map(example: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     image, label = preprocess.preprocess_for_eval(
         example["image"], example["label"], crop_size=crop_size, ignore_label=ignore_label,
-        mean_pixel=mean_pixel, image_name=example["image_name"])
+        mean_pixel=mean_pixel, image_name=example["image_name"], **resize)
     return dict(example, image=image, label=label)
 
   if is_training:
@@ -204,4 +267,8 @@ def build_dataset(file_pattern: Union[str, Sequence[str], None], *, is_training:
   else:
     dataset = dataset.map(eval_map, num_parallel_calls=_AUTOTUNE)
   dataset = dataset.batch(local_batch, drop_remainder=is_training)
+  if num_classes is not None:
+    source = _source_description(file_pattern, tfds_name, tfds_split)
+    dataset = dataset.map(lambda batch: check_label_range(batch, num_classes, ignore_label, source),
+                          num_parallel_calls=_AUTOTUNE)
   return dataset.prefetch(_AUTOTUNE)

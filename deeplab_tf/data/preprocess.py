@@ -1,5 +1,9 @@
 """The papers' data augmentation and eval-time padding, as research/deeplab's `input_preprocess.py`.
 
+Both, first, when `min_resize_value` (and optionally `max_resize_value`, `resize_factor`) is given: the
+image resized bilinearly and the label by nearest neighbour into a size range (`resize_to_range`, the
+original's `preprocess_utils.resize_to_range`, applied by `preprocess_image_and_label` in training,
+evaluation, visualisation and export alike).
 Training (DeepLabv3, section 4.1; `preprocess_image_and_label` with `is_training=True`):
   1. a random scale from {min, min + step, ..., max} (uniform over [min, max) when step is 0): the image
      resized bilinearly and the label by nearest neighbour, both with align_corners=True
@@ -91,6 +95,97 @@ def scale_image_and_label(image: tf.Tensor, label: Optional[tf.Tensor], scale: t
   return image, label
 
 
+def check_resize_values(min_resize_value: Optional[int], max_resize_value: Optional[int],
+                        resize_factor: Optional[int]) -> bool:
+  """Whether the flags ask for `resize_to_range` (research/deeplab: `if min_resize_value or max_resize_value`).
+
+  Raises:
+    ValueError: naming the flag, for a negative value, a resize_factor below 1, or max_resize_value
+      without min_resize_value (the original's `resize_to_range` fails on a missing min_size).
+  """
+  for name, value in (("min_resize_value", min_resize_value), ("max_resize_value", max_resize_value)):
+    if value is not None and value < 0:
+      raise ValueError(f"--{name}={value}: expected a size in pixels (or unset).")
+  if resize_factor is not None and resize_factor < 1:
+    raise ValueError(f"--resize_factor={resize_factor}: expected a positive integer (or unset).")
+  if max_resize_value and not min_resize_value:
+    raise ValueError(f"--max_resize_value={max_resize_value} needs --min_resize_value too (the size of the "
+                     "smaller side; research/deeplab's resize_to_range cannot do without it).")
+  return bool(min_resize_value or max_resize_value)
+
+
+def resize_to_range_size(height, width, min_size: int, max_size: Optional[int] = None,
+                         factor: Optional[int] = None, keep_aspect_ratio: bool = True) -> tf.Tensor:
+  """The size `resize_to_range` gives an image of `height` x `width` pixels.
+
+  research/deeplab `core/preprocess_utils.resize_to_range`, computed with the same float32 operations
+  so that every rounding agrees: the smaller side becomes `min_size` (scale `min_size / min(h, w)`, sides
+  floored) unless the larger side would then exceed `max_size`, in which case the larger side becomes
+  `max_size` (scale `max_size / max(h, w)`, floored). With `factor`, `max_size` is first lowered to a
+  multiple of `factor` plus one and each side is raised to the next multiple of `factor` plus one. Without
+  `keep_aspect_ratio` both sides become the larger of the two.
+
+  Args:
+    height: int scalar (tensor or Python int), pixels.
+    width: int scalar, pixels.
+    min_size: size in pixels of the smaller side.
+    max_size: largest allowed size of the larger side, or None.
+    factor: output sides are multiples of `factor` plus one, or None.
+    keep_aspect_ratio: False makes the output square.
+
+  Returns:
+    int32 `[2]` tensor (new_height, new_width).
+  """
+  min_size = tf.cast(min_size, tf.float32)
+  if max_size is not None:
+    max_size = tf.cast(max_size, tf.float32)
+    if factor is not None:
+      max_size = max_size - tf.math.floormod(max_size - 1, float(factor))
+  orig_height = tf.cast(height, tf.float32)
+  orig_width = tf.cast(width, tf.float32)
+  large_scale = min_size / tf.minimum(orig_height, orig_width)
+  new_size = tf.stack([tf.cast(tf.floor(orig_height * large_scale), tf.int32),
+                       tf.cast(tf.floor(orig_width * large_scale), tf.int32)])
+  if max_size is not None:
+    small_scale = max_size / tf.maximum(orig_height, orig_width)
+    small_size = tf.stack([tf.cast(tf.floor(orig_height * small_scale), tf.int32),
+                           tf.cast(tf.floor(orig_width * small_scale), tf.int32)])
+    new_size = tf.where(tf.cast(tf.reduce_max(new_size), tf.float32) > max_size, small_size, new_size)
+  if factor is not None:
+    new_size += tf.math.floormod(factor - tf.math.floormod(new_size - 1, factor), factor)
+  if not keep_aspect_ratio:
+    new_size = tf.fill([2], tf.reduce_max(new_size))
+  return new_size
+
+
+def resize_to_range(image: tf.Tensor, label: Optional[tf.Tensor], min_size: int,
+                    max_size: Optional[int] = None, factor: Optional[int] = None,
+                    keep_aspect_ratio: bool = True) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
+  """Resizes image and label into a size range (research/deeplab `preprocess_utils.resize_to_range`).
+
+  The size is `resize_to_range_size`'s; the image is resized bilinearly and the label by nearest
+  neighbour, both with align_corners=True, as `input_preprocess.preprocess_image_and_label` calls it for
+  the flags `--min_resize_value`, `--max_resize_value`, `--resize_factor` (and `--keep_aspect_ratio`).
+
+  Args:
+    image: float32 `[height, width, 3]`.
+    label: int32 `[height, width, 1]` or None.
+    min_size: see `resize_to_range_size`.
+    max_size: see `resize_to_range_size`.
+    factor: see `resize_to_range_size`.
+    keep_aspect_ratio: see `resize_to_range_size`.
+
+  Returns:
+    (float32 `[new_height, new_width, 3]`, int32 `[new_height, new_width, 1]` or None).
+  """
+  shape = tf.shape(image)
+  size = resize_to_range_size(shape[0], shape[1], min_size, max_size, factor, keep_aspect_ratio)
+  image = resize_bilinear_align_corners(image[None], size)[0]
+  if label is not None:
+    label = resize_nearest_align_corners(label[None], size)[0]
+  return image, label
+
+
 def pad_image_and_label(image: tf.Tensor, label: Optional[tf.Tensor], target_height: tf.Tensor,
                         target_width: tf.Tensor, *, mean_pixel: Sequence[float], ignore_label: int
                         ) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
@@ -166,8 +261,10 @@ def random_flip(image: tf.Tensor, label: tf.Tensor, seed: Optional[tf.Tensor] = 
 def preprocess_for_train(image: tf.Tensor, label: tf.Tensor, *, crop_size: Tuple[int, int], ignore_label: int,
                          mean_pixel: Sequence[float] = (127.5, 127.5, 127.5), min_scale_factor: float = 0.5,
                          max_scale_factor: float = 2.0, scale_factor_step_size: float = 0.25,
-                         seed: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, tf.Tensor]:
-  """Random scale, pad, random crop, random flip (research/deeplab `preprocess_image_and_label`).
+                         seed: Optional[tf.Tensor] = None, min_resize_value: Optional[int] = None,
+                         max_resize_value: Optional[int] = None, resize_factor: Optional[int] = None,
+                         keep_aspect_ratio: bool = True) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Resize to range, random scale, pad, random crop, random flip (`preprocess_image_and_label`).
 
   Args:
     image: uint8 or float32 [height, width, 3] RGB in [0, 255].
@@ -180,13 +277,23 @@ def preprocess_for_train(image: tf.Tensor, label: tf.Tensor, *, crop_size: Tuple
     max_scale_factor: see `get_random_scale`.
     scale_factor_step_size: see `get_random_scale`.
     seed: [2] int stateless seed; None draws one.
+    min_resize_value: see `resize_to_range` (`min_size`); None (and max_resize_value None): no resize.
+    max_resize_value: see `resize_to_range` (`max_size`).
+    resize_factor: see `resize_to_range` (`factor`).
+    keep_aspect_ratio: see `resize_to_range`.
 
   Returns:
     (float32 [crop_height, crop_width, 3], int32 [crop_height, crop_width, 1]).
+
+  Raises:
+    ValueError: inconsistent resize values (`check_resize_values`).
   """
   seeds = tf.random.experimental.stateless_split(_as_seed(seed), 3)
   image = tf.cast(image, tf.float32)
   label = tf.cast(label, tf.int32)
+  if check_resize_values(min_resize_value, max_resize_value, resize_factor):
+    image, label = resize_to_range(image, label, min_resize_value, max_resize_value, resize_factor,
+                                   keep_aspect_ratio)
   scale = get_random_scale(min_scale_factor, max_scale_factor, scale_factor_step_size, seeds[0])
   if not (min_scale_factor == max_scale_factor == 1.0):
     image, label = scale_image_and_label(image, label, scale)
@@ -199,8 +306,12 @@ def preprocess_for_train(image: tf.Tensor, label: tf.Tensor, *, crop_size: Tuple
 
 def preprocess_for_eval(image: tf.Tensor, label: Optional[tf.Tensor], *, crop_size: Optional[Tuple[int, int]],
                         ignore_label: int, mean_pixel: Sequence[float] = (127.5, 127.5, 127.5),
-                        image_name: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
-  """Casts, and pads at the bottom/right to `crop_size` when given (research/deeplab eval preprocessing).
+                        image_name: Optional[tf.Tensor] = None, min_resize_value: Optional[int] = None,
+                        max_resize_value: Optional[int] = None, resize_factor: Optional[int] = None,
+                        keep_aspect_ratio: bool = True) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
+  """Casts, resizes to range if asked, pads at the bottom/right to `crop_size` when given.
+
+  research/deeplab eval preprocessing (`preprocess_image_and_label` with `is_training=False`).
 
   Args:
     image: uint8 or float32 [height, width, 3] RGB in [0, 255].
@@ -209,17 +320,25 @@ def preprocess_for_eval(image: tf.Tensor, label: Optional[tf.Tensor], *, crop_si
     ignore_label: label value of padded pixels.
     mean_pixel: RGB value of padded image pixels.
     image_name: string scalar, named in the error below.
+    min_resize_value: see `preprocess_for_train`.
+    max_resize_value: see `preprocess_for_train`.
+    resize_factor: see `preprocess_for_train`.
+    keep_aspect_ratio: see `preprocess_for_train`.
 
   Returns:
-    (float32 [crop_height, crop_width, 3] (or the input size), int32 [..., 1] or None).
+    (float32 [crop_height, crop_width, 3] (or the input size, resized if asked), int32 [..., 1] or None).
 
   Raises:
+    ValueError: inconsistent resize values (`check_resize_values`).
     tf.errors.InvalidArgumentError (when run): if the image is larger than `crop_size`; the message names
       the image and its size: raise the eval crop size (REFERENCE: output_stride * k + 1, at least the
       largest image).
   """
   image = tf.cast(image, tf.float32)
   label = None if label is None else tf.cast(label, tf.int32)
+  if check_resize_values(min_resize_value, max_resize_value, resize_factor):
+    image, label = resize_to_range(image, label, min_resize_value, max_resize_value, resize_factor,
+                                   keep_aspect_ratio)
   if crop_size is None:
     return image, label
   crop_height, crop_width = crop_size

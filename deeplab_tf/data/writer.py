@@ -8,13 +8,13 @@ problem is an `InputError` naming the file, what is wrong and the fix.
 
 Shards are named `{split}-{i:05d}-of-{n:05d}.tfrecord` as the original's; all shards of a split are
 written under temporary names and renamed only when the whole split is complete, so an interrupted run
-leaves no partial shard and a re-run starts afresh.
+leaves no partial shard and a re-run starts afresh. Files are read and written through `tf.io.gfile`, so
+inputs and outputs may be on any filesystem TensorFlow knows (local, `gs://`, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import io
 import math
 import os
@@ -53,18 +53,34 @@ class ImageData:
   image_format: Optional[str] = None
 
 
-def _open(path: str, what: str) -> Image.Image:
-  """Opens and fully decodes an image file, turning every failure into an `InputError`."""
-  if not os.path.isfile(path):
-    raise InputError(f"Missing {what} file {path}: it does not exist. Check the folder flags and that "
-                     "the file list names only files that are present.")
+def _read_bytes(path: str, what: str, missing_hint: str = "") -> bytes:
+  """The bytes of a file on any filesystem, turning every failure into an `InputError`."""
   try:
-    img = Image.open(path)
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return f.read()
+  except tf.errors.NotFoundError as e:
+    raise InputError(f"Missing {what} file {path}: it does not exist. " + (
+        missing_hint or "Check the folder flags and that the file list names only files that are "
+        "present.")) from e
+  except tf.errors.OpError as e:
+    raise InputError(f"Unreadable {what} file {path}: {e.message}. Check that it is a file you may "
+                     "read.") from e
+
+
+def _open(path: str, what: str) -> Tuple[Image.Image, bytes]:
+  """Reads and fully decodes an image file, turning every failure into an `InputError`.
+
+  Returns:
+    The decoded Pillow image and the file's bytes.
+  """
+  data = _read_bytes(path, what)
+  try:
+    img = Image.open(io.BytesIO(data))
     img.load()
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise InputError(f"Unreadable {what} file {path}: {e}. The file is truncated or not an image; "
                      "re-download or re-export it, or remove it from the split.") from e
-  return img
+  return img, data
 
 
 def rescale_to_uint8(array: np.ndarray) -> np.ndarray:
@@ -106,10 +122,8 @@ def read_image(path: str) -> ImageData:
   Raises:
     InputError: if the file is missing, truncated or not an image.
   """
-  img = _open(path, "image")
+  img, encoded = _open(path, "image")
   if img.mode == "RGB" and img.format in _KEPT_FORMATS:
-    with open(path, "rb") as f:
-      encoded = f.read()
     return ImageData(np.asarray(img), encoded, _KEPT_FORMATS[img.format])
   if img.mode in ("1", "L", "P", "RGBA", "LA", "CMYK", "YCbCr", "RGBX", "PA"):
     return ImageData(np.asarray(img.convert("RGB")))
@@ -182,17 +196,16 @@ def read_label(path: str, *, palette: Optional[np.ndarray] = None) -> np.ndarray
     InputError: if the file is missing or unreadable, or is a colour mask and no palette is given.
   """
   if path.endswith(".mat"):
-    if not os.path.isfile(path):
-      raise InputError(f"Missing label file {path}: it does not exist. Check --sbd_folder (the SBD "
-                       "'dataset' folder that holds cls/*.mat).")
+    data = _read_bytes(path, "label", "Check --sbd_folder (the SBD 'dataset' folder that holds "
+                       "cls/*.mat).")
     import scipy.io  # pylint: disable=g-import-not-at-top
     try:
-      mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+      mat = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=False)
       return np.asarray(mat["GTcls"].Segmentation)
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
       raise InputError(f"Unreadable SBD label file {path}: {e!r}. Expected a .mat with GTcls.Segmentation "
                        "as in SBD's benchmark_RELEASE/dataset/cls; re-download SBD.") from e
-  img = _open(path, "label")
+  img, _ = _open(path, "label")
   if img.mode in ("P", "L", "I;16", "I;16B", "I;16L", "I", "1"):
     array = np.asarray(img)
     return array.astype(np.uint8) if array.dtype == bool else array
@@ -299,21 +312,22 @@ def ensure_writable_dir(output_dir: str) -> None:
     InputError: if it cannot be created or written to.
   """
   try:
-    os.makedirs(output_dir, exist_ok=True)
+    tf.io.gfile.makedirs(output_dir)
     probe = os.path.join(output_dir, f"{_TMP_PREFIX}probe-{uuid.uuid4().hex}")
-    with open(probe, "wb"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise InputError(f"Output directory {output_dir} is not writable ({e.strerror or e}). Choose another "
+    with tf.io.gfile.GFile(probe, "wb") as f:
+      f.write(b"probe")  # GFile creates the file on the first write, not on open.
+    tf.io.gfile.remove(probe)
+  except tf.errors.OpError as e:
+    raise InputError(f"Output directory {output_dir} is not writable ({e.message}). Choose another "
                      "--output_dir or fix its permissions.") from e
 
 
 def _remove_stale_shards(output_dir: str, split: str, keep: Sequence[str]) -> None:
   pattern = re.compile(re.escape(split) + r"-\d{5}-of-\d{5}\.tfrecord$")
-  for path in glob.glob(os.path.join(glob.escape(output_dir), f"{glob.escape(split)}-*.tfrecord")):
-    if pattern.search(os.path.basename(path)) and path not in keep:
-      os.remove(path)
+  for name in tf.io.gfile.listdir(output_dir):
+    path = os.path.join(output_dir, name)
+    if pattern.match(name) and path not in keep:
+      tf.io.gfile.remove(path)
 
 
 def write_split(records: Iterable[bytes], *, output_dir: str, split: str, num_examples: int,
@@ -366,14 +380,14 @@ def write_split(records: Iterable[bytes], *, output_dir: str, split: str, num_ex
         writers[i] = tf.io.TFRecordWriter(temps[i])
       writers[i].close()
     for temp, final in zip(temps, finals):
-      os.replace(temp, final)
+      tf.io.gfile.rename(temp, final, overwrite=True)
   except BaseException:
     for w in writers:
       if w is not None:
         w.close()
     for temp in temps:
-      if os.path.exists(temp):
-        os.remove(temp)
+      if tf.io.gfile.exists(temp):
+        tf.io.gfile.remove(temp)
     raise
   _remove_stale_shards(output_dir, split, finals)
   return finals

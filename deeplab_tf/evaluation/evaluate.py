@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Optional, Sequence
 
-from deeplab_tf.evaluation.inference import predict_labels
+from deeplab_tf.evaluation.crf import CrfOptions, dense_crf_labels
+from deeplab_tf.evaluation.inference import predict_labels, predict_probabilities
 from deeplab_tf.evaluation.metrics import ConfusionMatrix, SegmentationMetrics
 from deeplab_tf.options import EvalOptions
 
 
 def evaluate_dataset(model, batches: Iterable[Mapping], eval_options: EvalOptions, *, num_classes: int,
                      ignore_label: int, class_names: Optional[Sequence[str]] = None,
-                     mean_pixel: Optional[Sequence[float]] = None) -> SegmentationMetrics:
+                     mean_pixel: Optional[Sequence[float]] = None,
+                     crf_options: Optional[CrfOptions] = None) -> SegmentationMetrics:
   """mIoU of `model` over every batch of `batches`.
 
   Args:
@@ -28,6 +30,9 @@ def evaluate_dataset(model, batches: Iterable[Mapping], eval_options: EvalOption
     ignore_label: label excluded from the metric.
     class_names: names for the result.
     mean_pixel: padding value for `predict_labels`; None takes the model's.
+    crf_options: refine each image's probabilities with DeepLabv2's dense CRF
+      (`deeplab_tf.evaluation.crf`) before the argmax, on the image inside its padding (the batch's
+      "height" and "width"); None (the default) takes the plain argmax.
 
   Returns:
     The `SegmentationMetrics` of the whole split.
@@ -37,5 +42,11 @@ def evaluate_dataset(model, batches: Iterable[Mapping], eval_options: EvalOption
   """
   matrix = ConfusionMatrix(num_classes, ignore_label, class_names)
   for batch in batches:
-    matrix.update(batch["label"], predict_labels(model, batch["image"], eval_options, mean_pixel=mean_pixel))
+    if crf_options is None:
+      labels = predict_labels(model, batch["image"], eval_options, mean_pixel=mean_pixel)
+    else:
+      probabilities = predict_probabilities(model, batch["image"], eval_options, mean_pixel=mean_pixel)
+      labels = dense_crf_labels(batch["image"], probabilities, crf_options, batch.get("height"),
+                                batch.get("width"))
+    matrix.update(batch["label"], labels)
   return matrix.result()

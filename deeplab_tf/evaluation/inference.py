@@ -1,15 +1,26 @@
 """Inference as research/deeplab evaluates: eval padding, multi-scale + flip averaging, sliding windows.
 
-research/deeplab `model.py: predict_labels_multi_scale` and `eval.py`:
+research/deeplab `model.py` (`predict_labels_multi_scale`, which calls `multi_scale_logits` with one
+scale at a time) and `eval.py`:
 - Images are padded (bottom/right, with the mean pixel so that padding is 0 after preprocessing) to
-  `eval_crop_size` (`input_preprocess.preprocess_image_and_label`); we crop the prediction back to
-  the image so that callers get one value per image pixel.
-- For every scale s in `eval_scales`, the image is resized bilinearly with align_corners=True to
-  `(size - 1) * s + 1` pixels (`scale_dimension`), the network's logits at its output stride are
-  resized (bilinear, align_corners) straight back to the input size, and their softmax is taken.
-  With `add_flipped_images` the same is done on the left-right flipped image, whose probabilities are
-  flipped back. The prediction is the mean of all these probabilities. The original skipped flipping
-  when only one scale was given (it then called `predict_labels`); we flip at one scale too.
+  `eval_crop_size` (`input_preprocess.preprocess_image_and_label`); the padded image's size is the
+  crop size the original's model sees. We crop the prediction back to the image so that callers get
+  one value per image pixel.
+- For every scale s in `eval_scales`, of a crop of `size` pixels along an axis (`scale_dimension` is
+  `int((size - 1) * s + 1)`, `deeplab_tf.image_ops`):
+  1. the image is resized bilinearly (align_corners=True) to `scale_dimension(size, s)` (s != 1);
+     the network's crop becomes that size, and so does its image-pooling window: a fixed
+     `image_pooling_crop_size` is scaled to `scale_dimension(image_pooling_crop_size, s)`, a global
+     one pools over the scaled feature map;
+  2. the network's logits, at its logits output stride L (`decoder_output_stride`, else
+     `output_stride`), are resized (bilinear, align_corners) to
+     `scale_dimension(size, max(1, s) / L)` pixels: the size of the logits at scale 1 for s < 1
+     (upsampled first: NOT straight to the image size), their own size for s >= 1;
+  3. only then are they resized (bilinear, align_corners) to the crop size, and their softmax taken.
+  With `add_flipped_images` the same is done on the left-right flipped image; its logits are flipped
+  back after step 2, before step 3. The prediction is the mean of all these probabilities. The
+  original skipped flipping when only one scale was given (its eval then called `predict_labels`);
+  we flip at one scale too.
 - Sliding windows (not in the original, whose eval crop must cover the largest image): an image larger
   than `eval_crop_size` is cut into crop-sized windows; along each axis of size D > window size c the
   stride is `floor(c * (1 - sliding_window_overlap))` (at least 1), the windows start at
@@ -18,8 +29,9 @@ research/deeplab `model.py: predict_labels_multi_scale` and `eval.py`:
   no larger than c has one window, padded to c as above.
 
 Models are our DeepLab Keras models (or any Keras model mapping `[b, h, w, 3]` RGB in [0, 255] to
-logits `[b, h', w', classes]`). For a model built by `build_deeplab`, the logits before its final
-`upsample_logits` layer are used so that, as in the original, logits are resized only once.
+logits `[b, h', w', classes]` with `h' = (h - 1) // L + 1` for some output stride L). For a model
+built by `build_deeplab`, the logits before its final `upsample_logits` layer are used so that, as in
+the original, the logits at output stride are what gets resized.
 """
 
 from __future__ import annotations
@@ -32,14 +44,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deeplab_tf.image_ops import resize_bilinear_align_corners
+from deeplab_tf.image_ops import resize_bilinear_align_corners, scale_dimension
 from deeplab_tf.model import layers as model_layers
+from deeplab_tf.model.aspp import IMAGE_POOLING_LAYER_NAME, ImagePooling
 from deeplab_tf.model.folding import fold_batch_norm
 from deeplab_tf.options import EvalOptions
 
 # The name build_deeplab gives the layer resizing the logits to the input size.
 UPSAMPLE_LAYER_NAME = "upsample_logits"
-_LOW_RESOLUTION_MODELS = weakref.WeakKeyDictionary()
+# model -> {"low_resolution": its network without upsample_logits, "stride": the logits' output
+# stride, scale: the network with its image-pooling window scaled}.
+_NETWORK_CACHE = weakref.WeakKeyDictionary()
+_SELF = object()
+# The largest output stride of the original's networks; probes are a multiple of it plus one pixel.
+_MAX_OUTPUT_STRIDE = 32
 _COMPILED_NETWORKS = weakref.WeakKeyDictionary()
 
 
@@ -75,30 +93,43 @@ def model_mean_pixel(model) -> tuple:
   return model_layers.MEAN_PIXEL[model_layers.ZERO_MEAN_UNIT_RANGE]
 
 
+def _cached(network, key, build):
+  """`build()`, computed once per (network, key) while `network` lives."""
+  try:
+    cache = _NETWORK_CACHE.setdefault(network, {})
+  except TypeError:  # not weak-referenceable: no caching
+    return build()
+  if key not in cache:
+    value = build()
+    # The network itself is stored as a marker: a strong reference would keep it alive for ever.
+    cache[key] = _SELF if value is network else value
+  return network if cache[key] is _SELF else cache[key]
+
+
 def low_resolution_logits_model(model):
   """`model` without its final `upsample_logits` layer (the same weights), or `model` itself.
 
-  The original resizes the logits at output stride straight to the image size
-  (`predict_labels_multi_scale`); resizing our model's already upsampled logits again would
-  interpolate twice at scales other than 1.
+  The original resizes the logits at output stride (`multi_scale_logits`, then
+  `predict_labels_multi_scale`); resizing our model's already upsampled logits instead would
+  interpolate from the wrong grid at scales other than 1. A functional model with a uint8 input gets a
+  float32 input instead (same layers): the original resizes and pads float images, which rounding
+  them back to uint8 would change.
   """
-  try:
-    return _LOW_RESOLUTION_MODELS[model]
-  except (KeyError, TypeError):
-    pass
-  result = model
-  if isinstance(model, keras.Model) and getattr(model, "outputs", None):  # functional models only
-    try:
-      upsample = model.get_layer(UPSAMPLE_LAYER_NAME)
-    except ValueError:
-      upsample = None
-    if upsample is not None and len(model.outputs) == 1 and model.outputs[0] is upsample.output:
-      result = keras.Model(model.inputs, upsample.input[0], name=model.name + "_low_resolution")
-  try:
-    _LOW_RESOLUTION_MODELS[model] = result
-  except TypeError:
-    pass
-  return result
+  def build():
+    network = model
+    if isinstance(model, keras.Model) and getattr(model, "outputs", None):  # functional models only
+      try:
+        upsample = model.get_layer(UPSAMPLE_LAYER_NAME)
+      except ValueError:
+        upsample = None
+      if upsample is not None and len(model.outputs) == 1 and model.outputs[0] is upsample.output:
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        network = keras.Model(inputs, upsample.input[0], name=model.name + "_low_resolution")
+      if len(network.inputs) == 1 and not tf.as_dtype(network.inputs[0].dtype).is_floating:
+        float_input = keras.Input(network.inputs[0].shape[1:], dtype="float32", name=network.inputs[0].name)
+        network = keras.models.clone_model(network, input_tensors=float_input, clone_function=lambda l: l)
+    return network
+  return _cached(model, "low_resolution", build)
 
 
 def window_offsets(size: int, window: int, overlap: float) -> List[int]:
@@ -147,26 +178,96 @@ def _model_input(model, images):
   return tf.cast(images, dtype)
 
 
-def scaled_size(size, scale: float):
-  """research/deeplab `scale_dimension`: `int((size - 1) * scale + 1)` for an int32 size tensor."""
-  return tf.cast((tf.cast(size, tf.float32) - 1.0) * scale + 1.0, tf.int32)
+def _image_pooling_layer(network) -> Optional[ImagePooling]:
+  try:
+    layer = network.get_layer(IMAGE_POOLING_LAYER_NAME)
+  except (ValueError, AttributeError):
+    return None
+  return layer if isinstance(layer, ImagePooling) else None
+
+
+def logits_output_stride(network) -> int:
+  """The output stride L of `network`'s logits (`h' = (h - 1) // L + 1`), from a symbolic probe.
+
+  The probe is `32 k + 1` pixels (at least 257, and at least a fixed image-pooling crop), which every
+  output stride up to 32 divides exactly; a network with a fixed input size is probed at that size.
+
+  Raises:
+    ValueError: the output size is not `(probe - 1) / L + 1` for an integer L.
+  """
+  def build():
+    input_shape = tuple(network.inputs[0].shape[1:3]) if getattr(network, "inputs", None) else (None,) * 2
+    pool = _image_pooling_layer(network)
+    probe = []
+    for axis, known in enumerate(input_shape):
+      if known is not None:
+        probe.append(int(known))
+        continue
+      at_least = max(257, pool.crop_size[axis] if pool is not None else 1)
+      probe.append(_MAX_OUTPUT_STRIDE * math.ceil((at_least - 1) / _MAX_OUTPUT_STRIDE) + 1)
+    dtype = network.inputs[0].dtype if getattr(network, "inputs", None) else "float32"
+    out = network.compute_output_spec(keras.KerasTensor((1, probe[0], probe[1], 3), dtype=dtype)).shape
+    strides = set()
+    for size, out_size in zip(probe, out[1:3]):
+      if out_size is None or out_size < 2 or (size - 1) % (out_size - 1):
+        strides.add(None)
+      else:
+        strides.add((size - 1) // (out_size - 1))
+    if len(strides) != 1 or None in strides:
+      raise ValueError(
+          f"{getattr(network, 'name', network)}: a {probe[0]}x{probe[1]} input gives logits of "
+          f"{out[1]}x{out[2]} pixels, not (size - 1) // L + 1 for one output stride L; multi-scale "
+          "inference needs it (research/deeplab multi_scale_logits).")
+    return strides.pop()
+  return _cached(network, "stride", build)
+
+
+def network_at_scale(network, scale: float):
+  """`network` as the original runs it at `scale`: a fixed image-pooling window scaled with the crop.
+
+  research/deeplab `multi_scale_logits` passes `image_pooling_crop_size` scaled by
+  `scale_dimension(., scale)` to the network at each scale other than 1. Other layers (and all
+  weights) are shared with `network`; a network with no fixed window is returned as it is.
+  """
+  pool = _image_pooling_layer(network)
+  if scale == 1.0 or pool is None:
+    return network
+
+  def build():
+    scaled = ImagePooling(tuple(scale_dimension(d, scale) for d in pool.crop_size), pool.output_stride,
+                          pool.strides, name=pool.name, dtype=pool.dtype_policy)
+    return keras.models.clone_model(network, clone_function=lambda layer: scaled if layer is pool else layer)
+  return _cached(network, float(scale), build)
+
+
+def _scale_logits(network, images, scale: float, stride: int):
+  """research/deeplab `multi_scale_logits(images, image_pyramid=[scale])`: float32 logits at
+  `scale_dimension(size, max(1, scale) / stride)` pixels for `[b, h, w, 3]` float32 images."""
+  size = tf.shape(images)[1:3]
+  if scale != 1.0:
+    images = resize_bilinear_align_corners(images, scale_dimension(size, scale))
+  logits = compiled_network(network_at_scale(network, scale))(_model_input(network, images))
+  return resize_bilinear_align_corners(tf.cast(logits, tf.float32),
+                                       scale_dimension(size, max(1.0, scale) / stride))
 
 
 def _multi_scale_probabilities(model, images, scales: Sequence[float], add_flipped_images: bool):
   """Mean softmax over scales (and flips) of float32 images `[b, h, w, 3]` -> `[b, h, w, classes]`."""
   network = low_resolution_logits_model(model)
+  stride = logits_output_stride(network)
   size = tf.shape(images)[1:3]
   total = None
   count = 0
   for scale in scales:
-    scaled = images if scale == 1.0 else resize_bilinear_align_corners(
-        images, scaled_size(size, scale))
-    batch = tf.concat([scaled, tf.reverse(scaled, [2])], axis=0) if add_flipped_images else scaled
-    logits = tf.cast(compiled_network(network)(_model_input(model, batch)), tf.float32)
+    batch = tf.concat([images, tf.reverse(images, [2])], axis=0) if add_flipped_images else images
+    logits = _scale_logits(network, batch, scale, stride)
+    if add_flipped_images:
+      plain, flipped = tf.split(logits, 2, axis=0)
+      logits = tf.concat([plain, tf.reverse(flipped, [2])], axis=0)
     probabilities = tf.nn.softmax(resize_bilinear_align_corners(logits, size))
     if add_flipped_images:
       plain, flipped = tf.split(probabilities, 2, axis=0)
-      probabilities = plain + tf.reverse(flipped, [2])
+      probabilities = plain + flipped
       count += 2
     else:
       count += 1

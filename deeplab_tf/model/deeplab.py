@@ -11,6 +11,7 @@ import keras
 from deeplab_tf.model import layers
 from deeplab_tf.model.aspp import build_aspp
 from deeplab_tf.model.decoder import build_decoder
+from deeplab_tf.model.dense_prediction_cell import build_dense_prediction_cell
 from deeplab_tf.model.encoders import get_encoder
 from deeplab_tf.options import ModelOptions
 
@@ -54,7 +55,7 @@ def build_logits(features, options: ModelOptions):
 
 def build_deeplab(options: ModelOptions, input_shape=(None, None, 3), input_dtype: str = "float32",
                   name: str = "deeplab") -> keras.Model:
-  """Builds DeepLabv3 (no decoder) or DeepLabv3+ (with `decoder_output_stride`).
+  """Builds DeepLabv3 (no decoder) or DeepLabv3+ (with `decoder_output_stride`), with ASPP or the DPC.
 
   Args:
     options: the architecture.
@@ -76,7 +77,10 @@ def build_deeplab(options: ModelOptions, input_shape=(None, None, 3), input_dtyp
   x = layers.Preprocess(spec.preprocessing, name="preprocess")(images)
   endpoints = spec.build(x, options)
   features = endpoints["encoder_output"]
-  if options.aspp_with_batch_norm:
+  if options.aspp_with_batch_norm and options.dense_prediction_cell_config is not None:
+    features = build_dense_prediction_cell(features, options.dense_prediction_cell_config,
+                                           options.output_stride, options.image_pooling_crop_size)
+  elif options.aspp_with_batch_norm:
     features = build_aspp(features, options)
   if options.decoder_output_stride is not None:
     low_level = endpoints.get(f"decoder_end_point/{options.decoder_output_stride}")
@@ -86,8 +90,12 @@ def build_deeplab(options: ModelOptions, input_shape=(None, None, 3), input_dtyp
           f"decoder_output_stride={options.decoder_output_stride}: {options.model_variant} provides "
           f"decoder features at output strides {known} only (research/deeplab "
           "networks_to_feature_maps); use one of them or None.")
-    features = build_decoder(features, low_level, options.decoder_use_separable_conv)
-  logits = build_logits(features, options)
+    features = build_decoder(features, low_level, options)
+  # decoder_output_is_logits: the decoder's output is the logits (model.py `_get_logits`).
+  if options.decoder_output_is_logits:
+    logits = keras.layers.Activation("linear", dtype="float32", name="decoder_logits")(features)
+  else:
+    logits = build_logits(features, options)
   if options.prediction_with_upsampled_logits:
     logits = layers.ResizeLike(name="upsample_logits", dtype="float32")([logits, images])
   return keras.Model(images, logits, name=name)

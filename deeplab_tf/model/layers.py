@@ -185,8 +185,9 @@ def batch_norm(x, scope: str, params: BatchNormParams):
       name=scope_to_layer_name(scope + "/BatchNorm"))(x)
 
 
-def relu(x, name: Optional[str] = None):
-  return keras.layers.ReLU(name=scope_to_layer_name(name) if name else None)(x)
+def relu(x, name: Optional[str] = None, max_value: Optional[float] = None):
+  """ReLU, or ReLU6 with `max_value=6` (research/deeplab's `use_bounded_activation`)."""
+  return keras.layers.ReLU(max_value=max_value, name=scope_to_layer_name(name) if name else None)(x)
 
 
 def fixed_padding(x, kernel_size: int, rate: int = 1, name: Optional[str] = None):
@@ -216,7 +217,8 @@ def fixed_padding(x, kernel_size: int, rate: int = 1, name: Optional[str] = None
 
 def conv2d_same(x, filters: int, kernel_size: int, stride: int, rate: int, scope: str, *,
                 bn_params: Optional[BatchNormParams], activation: bool = True,
-                kernel_initializer="glorot_uniform", use_bias: Optional[bool] = None):
+                kernel_initializer="glorot_uniform", use_bias: Optional[bool] = None,
+                relu_max_value: Optional[float] = None):
   """Conv (+ BN) (+ ReLU) with the original's padding: 'SAME' at stride 1, fixed padding otherwise.
 
   Args:
@@ -230,6 +232,7 @@ def conv2d_same(x, filters: int, kernel_size: int, stride: int, rate: int, scope
     activation: ReLU at the end.
     kernel_initializer: Keras initializer of the kernel.
     use_bias: override of the bias (default: a bias exactly when there is no BatchNorm).
+    relu_max_value: 6 makes the activation ReLU6 (`use_bounded_activation`).
 
   Returns:
     `[batch, ceil(height / stride), ceil(width / stride), filters]` tensor.
@@ -248,13 +251,14 @@ def conv2d_same(x, filters: int, kernel_size: int, stride: int, rate: int, scope
   if bn_params is not None:
     x = batch_norm(x, scope, bn_params)
   if activation:
-    x = relu(x, scope + "/relu")
+    x = relu(x, scope + "/relu", relu_max_value)
   return x
 
 
 def depthwise_conv2d_same(x, kernel_size: int, stride: int, rate: int, scope: str, *,
                           bn_params: Optional[BatchNormParams], activation: bool,
-                          depthwise_initializer="glorot_uniform"):
+                          depthwise_initializer="glorot_uniform",
+                          relu_max_value: Optional[float] = None):
   """Depthwise conv (multiplier 1) + BN (+ ReLU): slim's `separable_conv2d(num_outputs=None)`.
 
   Padding as `conv2d_same`. Returns `[batch, ceil(height / stride), ceil(width / stride), channels]`.
@@ -271,18 +275,20 @@ def depthwise_conv2d_same(x, kernel_size: int, stride: int, rate: int, scope: st
   if bn_params is not None:
     x = batch_norm(x, scope, bn_params)
   if activation:
-    x = relu(x, scope + "/relu")
+    x = relu(x, scope + "/relu", relu_max_value)
   return x
 
 
 def split_separable_conv2d(x, filters: int, scope: str, *, kernel_size: int = 3, stride: int = 1,
                            rate: int = 1, bn_params: BatchNormParams, activation: bool = True,
-                           depthwise_initializer=None, pointwise_initializer=None):
+                           depthwise_initializer=None, pointwise_initializer=None,
+                           relu_max_value: Optional[float] = None):
   """DeepLab's separable conv: `<scope>_depthwise` (+BN[+ReLU]) then `<scope>_pointwise` 1x1 (+BN[+ReLU]).
 
   `activation=True` is the head's form (ASPP branches, decoder: BN + ReLU after both halves,
   `core/utils.py` `split_separable_conv2d`, with its initialisers: truncated normal 0.33 and 0.06);
   `activation=False` is Xception's pre-activation form (BN only, `core/xception.py`).
+  `relu_max_value=6` makes the activations ReLU6 (`use_bounded_activation`).
 
   Returns:
     `[batch, ceil(height / stride), ceil(width / stride), filters]` tensor.
@@ -292,9 +298,11 @@ def split_separable_conv2d(x, filters: int, scope: str, *, kernel_size: int = 3,
   if pointwise_initializer is None:
     pointwise_initializer = keras.initializers.TruncatedNormal(stddev=0.06)
   x = depthwise_conv2d_same(x, kernel_size, stride, rate, scope + "_depthwise", bn_params=bn_params,
-                            activation=activation, depthwise_initializer=depthwise_initializer)
+                            activation=activation, depthwise_initializer=depthwise_initializer,
+                            relu_max_value=relu_max_value)
   return conv2d_same(x, filters, 1, 1, 1, scope + "_pointwise", bn_params=bn_params,
-                     activation=activation, kernel_initializer=pointwise_initializer)
+                     activation=activation, kernel_initializer=pointwise_initializer,
+                     relu_max_value=relu_max_value)
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")
@@ -350,9 +358,44 @@ def kernel_variables(model: keras.Model, include_depthwise: bool = False) -> Seq
   """
   kernels = []
   for layer in model.layers:
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
+    if isinstance(layer, keras.layers.SeparableConv2D):
+      # The NAS cells' slim.separable_conv2d: nas_arg_scope regularises both of its kernels.
+      kernels += [layer.depthwise_kernel, layer.pointwise_kernel]
+    elif isinstance(layer, keras.layers.DepthwiseConv2D):
       if include_depthwise:
         kernels.append(layer.kernel)
     elif isinstance(layer, keras.layers.Conv2D):
       kernels.append(layer.kernel)
   return kernels
+
+
+def _fmix32(h):
+  """MurmurHash3's 32-bit finaliser: a bijective mix of uint32 values (integer ops only)."""
+  h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16)) * tf.constant(0x85EBCA6B, tf.uint32)
+  h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 13)) * tf.constant(0xC2B2AE35, tf.uint32)
+  return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
+
+
+@keras.saving.register_keras_serializable(package="deeplab_tf")
+class HashDropout(keras.layers.Dropout):
+  """Keras `Dropout` whose mask is the same in XLA-compiled and plain TensorFlow graphs.
+
+  TensorFlow's stateless random ops lower to a different random stream under XLA than in their CPU/GPU
+  kernels (even with `alg="philox"`), so a `jit_compile` training step dropped other units than the
+  uncompiled step from the same seed, and their losses differed (by 0.6% with hard pixel mining, which
+  picks the pixels these units feed). Here each element's uniform draw is a hash (MurmurHash3's
+  finaliser) of its index and the seed, in uint32 integer ops that every backend computes alike. The
+  seed comes from Keras' `SeedGenerator` as in `Dropout` (same variables, same config).
+  """
+
+  def call(self, inputs, training=False):
+    if not training or self.rate == 0:
+      return inputs
+    seed = tf.cast(self.seed_generator.next(), tf.uint32)
+    key = _fmix32(tf.bitwise.bitwise_xor(seed[0], _fmix32(seed[1] + tf.constant(0x9E3779B9, tf.uint32))))
+    shape = tf.shape(inputs)
+    index = tf.reshape(tf.range(tf.size(inputs, out_type=tf.int32)), shape)
+    bits = _fmix32(tf.cast(index, tf.uint32) * tf.constant(0x9E3779B1, tf.uint32) + key)
+    uniform = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
+    keep = uniform >= self.rate
+    return tf.where(keep, inputs / tf.cast(1.0 - self.rate, inputs.dtype), tf.zeros_like(inputs))

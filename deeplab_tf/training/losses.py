@@ -109,10 +109,15 @@ def softmax_cross_entropy_loss(logits, labels, *, num_classes: int, ignore_label
   weighted = pixel_losses * weights
   if top_k_percent_pixels == 1.0:
     return _div_maybe_zero(tf.reduce_sum(weighted), tf.reduce_sum(keep))
-  num_pixels = tf.cast(tf.shape(weighted)[0], tf.float32)
+  num_pixels = tf.shape(weighted)[0]
   fraction = top_k_fraction(step, top_k_percent_pixels, hard_example_mining_step)
-  k = tf.cast(fraction * num_pixels, tf.int32)
-  top_losses, _ = tf.nn.top_k(weighted, k=k, sorted=True)
+  k = tf.cast(fraction * tf.cast(num_pixels, tf.float32), tf.int32)
+  # The original's `tf.nn.top_k(losses, k)` has a data-dependent output shape whenever k ramps with
+  # the step; sorting every pixel loss and masking all but the first k keeps static shapes (XLA, TPU)
+  # and sums the same k values.
+  ranked = tf.sort(weighted, direction="DESCENDING")
+  in_top_k = tf.range(num_pixels) < k
+  top_losses = tf.where(in_top_k, ranked, tf.zeros_like(ranked))
   count = tf.reduce_sum(tf.cast(tf.not_equal(top_losses, 0.0), tf.float32))
   return _div_maybe_zero(tf.reduce_sum(top_losses), count)
 

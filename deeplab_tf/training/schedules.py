@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from deeplab_tf.options import TrainOptions
+from deeplab_tf.options import SolverOptions
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")
@@ -69,7 +69,7 @@ class SlowStart(keras.optimizers.schedules.LearningRateSchedule):
             "burnin_type": self.burnin_type}
 
 
-def learning_rate_schedule(options: TrainOptions) -> SlowStart:
+def learning_rate_schedule(options: SolverOptions) -> SlowStart:
   """The learning rate of `options.learning_policy` with slow start, as `get_model_learning_rate`.
 
   Args:

@@ -1,22 +1,18 @@
-"""tf.distribute strategies from a name, the per-replica input pipeline, and synchronised BatchNorm.
+"""tf.distribute strategies from a name, and the per-replica input pipeline.
 
 research/deeplab trained several "clones" on one machine (`--num_clones`, gradients averaged) or many
 workers with parameter servers. Here the same data-parallel training goes through tf.distribute:
 'default' (one device), 'mirrored' (all local GPUs, or all logical CPUs), 'multi_worker'
 (`MultiWorkerMirroredStrategy`, cluster from `TF_CONFIG`) and 'tpu' (`TPUStrategy`).
 
-Synchronised BatchNorm: our `model.layers.FusedBatchNormalization` (like Keras' BatchNormalization,
-its base) reads its `synchronized` attribute at call time (it then all-reduces the batch sums across
-replicas instead of running the per-replica fused kernel), so it can be switched on a built model,
-before the training step is traced; the model builder needs no change.
+Synchronised BatchNorm across replicas is switched in `deeplab_tf.training.batch_norm`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
-import keras
 import tensorflow as tf
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -142,51 +138,3 @@ def distribute_dataset(strategy: tf.distribute.Strategy,
   batches of each pipeline to that worker's replicas. Returns a distributed dataset.
   """
   return strategy.distribute_datasets_from_function(dataset_fn)
-
-
-def _all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
-  for layer in model.layers:
-    yield layer
-    if hasattr(layer, "layers"):
-      yield from _all_layers(layer)
-
-
-def batch_norm_layers(model: keras.Model):
-  """Every `keras.layers.BatchNormalization` of `model`, nested models included."""
-  return [l for l in _all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
-
-
-def set_batch_norm_decay(model: keras.Model, decay: float) -> int:
-  """Sets the moving-average decay (Keras `momentum`) of every BN layer; returns their count.
-
-  Takes effect in any function traced afterwards (Keras reads the attribute in `call`).
-  """
-  layers = batch_norm_layers(model)
-  for layer in layers:
-    layer.momentum = float(decay)
-  return len(layers)
-
-
-def set_batch_norm_synchronized(model: keras.Model, synchronized: bool = True) -> int:
-  """Switches cross-replica batch statistics on (or off) for every BN layer; returns their count.
-
-  Takes effect in any function traced afterwards (Keras reads the attribute in `call`).
-  """
-  layers = batch_norm_layers(model)
-  for layer in layers:
-    layer.synchronized = synchronized
-  return len(layers)
-
-
-def freeze_batch_norm(model: keras.Model) -> int:
-  """`fine_tune_batch_norm=False`: BN layers run in inference mode (moving statistics) and their
-  gamma/beta are not trained (Keras `trainable=False`, which is both); returns their count.
-
-  research/deeplab (`core/feature_extractor.py`) runs BN with `is_training=fine_tune_batch_norm`;
-  Keras ties inference mode to `trainable=False`, which also keeps gamma/beta fixed (the frozen-BN
-  fine-tuning stage of DeepLabv3, section 4.1).
-  """
-  layers = batch_norm_layers(model)
-  for layer in layers:
-    layer.trainable = False
-  return len(layers)

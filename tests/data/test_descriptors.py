@@ -1,6 +1,7 @@
 """Built-in dataset descriptors and custom ones from JSON."""
 import json
 
+import numpy as np
 import pytest
 
 from deeplab_tf.data import descriptors
@@ -28,6 +29,8 @@ def test_custom_descriptor_round_trip(tmp_path):
   out = tmp_path / "copy.json"
   descriptors.write_descriptor(d, str(out))
   assert descriptors.get_descriptor(str(out)) == d
+  descriptors.write_descriptor(d, "ram://descriptors_test/roads.json")
+  assert descriptors.get_descriptor("ram://descriptors_test/roads.json") == d
 
 
 def test_bad_descriptors_name_the_file(tmp_path):
@@ -37,3 +40,13 @@ def test_bad_descriptors_name_the_file(tmp_path):
     descriptors.get_descriptor(str(path))
   with pytest.raises(ValueError, match="Unknown dataset 'nope'"):
     descriptors.get_descriptor("nope")
+
+
+def test_cityscapes_train_ids_map_to_the_label_ids_the_benchmark_scores():
+  # research/deeplab vis.py _CITYSCAPES_TRAIN_ID_TO_EVAL_ID
+  original = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+  assert list(descriptors.CITYSCAPES_TRAIN_ID_TO_LABEL_ID) == original
+  np.testing.assert_array_equal(
+      descriptors.cityscapes_train_ids_to_label_ids(np.array([[0, 18], [5, 0]], np.uint8)), [[7, 33], [17, 7]])
+  with pytest.raises(ValueError, match="train ids must lie in"):
+    descriptors.cityscapes_train_ids_to_label_ids(np.array([19]))

@@ -110,3 +110,50 @@ def test_reads_a_prepared_tfds_dataset(tmp_path):
                                  tfds_data_dir=str(tmp_path), tfds_keys=("image", "annotation"),
                                  is_training=True, crop_size=(8, 8), batch_size=2, ignore_label=255, seed=1)
   assert next(iter(train))["label"].shape == (2, 8, 8, 1)
+
+
+def test_labels_outside_num_classes_stop_with_the_split_flag_and_value(tmp_path):
+  pattern = _write_shards(tmp_path)  # img<i> is labelled i everywhere, i = 0..3
+  # In range: 4 classes; ignore_label 255 (the training padding) passes too.
+  ds = pipeline.build_dataset(pattern, is_training=False, crop_size=None, batch_size=1, ignore_label=255,
+                              num_classes=4)
+  assert sorted(int(b["label"].numpy().max()) for b in ds) == [0, 1, 2, 3]
+  train = pipeline.build_dataset(pattern, is_training=True, crop_size=(32, 32), batch_size=4,
+                                 ignore_label=255, seed=1, num_classes=4)
+  assert 255 in np.unique(next(iter(train))["label"].numpy())
+  # Label 3 with 3 classes: stopped at img3's batch, naming the split, the flag, the value and the image.
+  ds = pipeline.build_dataset(pattern, is_training=False, crop_size=None, batch_size=1, ignore_label=255,
+                              num_classes=3)
+  seen = []
+  with pytest.raises(tf.errors.InvalidArgumentError) as error:
+    for batch in ds:
+      seen.append(batch["image_name"][0].numpy())
+  message = str(error.value)
+  assert "Labels of the train split (shards " in message and "num_classes=3 (flag --num_classes)" in message, message
+  assert "ignore_label=255" in message and "Offending label values:] [3]" in message, message
+  assert "img3" in message and b"img3" not in seen and len(seen) == 3, message
+  # Without num_classes nothing is checked.
+  ds = pipeline.build_dataset(pattern, is_training=False, crop_size=None, batch_size=1, ignore_label=255)
+  assert len(list(ds)) == 4
+
+
+def test_eval_resizes_to_range_and_keeps_the_original_size(tmp_path):
+  pattern = _write_shards(tmp_path)
+  batches = list(pipeline.build_dataset(pattern, is_training=False, crop_size=None, batch_size=1,
+                                        ignore_label=255, min_resize_value=12, max_resize_value=20))
+  # 20x30 -> 12x18; 24x16 -> 18x12; 18x18 -> 12x12; 10x12 -> 12x14 (12 * 12/10 = 14.4)
+  assert [tuple(b["label"].shape[1:3]) for b in batches] == [(12, 18), (18, 12), (12, 12), (12, 14)]
+  np.testing.assert_array_equal([int(b["height"][0]) for b in batches], [20, 24, 18, 10])
+  with pytest.raises(ValueError, match="--min_resize_value"):
+    pipeline.build_dataset(pattern, is_training=False, crop_size=None, batch_size=1, ignore_label=255,
+                           max_resize_value=20)
+
+
+def test_training_resizes_to_range_before_cropping(tmp_path):
+  # every image resized so that its smaller side is 12 (at most 18 on the larger): 20x30 -> 12x18,
+  # 24x16 -> 18x12, 18x18 -> 12x12, 10x12 -> 12x14; without random scaling a 12x12 crop never pads
+  ds = pipeline.build_dataset(_write_shards(tmp_path), is_training=True, crop_size=(12, 12), batch_size=4,
+                              ignore_label=255, seed=1, min_scale_factor=1.0, max_scale_factor=1.0,
+                              min_resize_value=12, max_resize_value=18)
+  batch = next(iter(ds))
+  assert not np.any(batch["label"].numpy() == 255)

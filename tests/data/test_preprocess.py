@@ -84,3 +84,62 @@ def test_eval_pads_and_refuses_images_larger_than_the_crop():
   with pytest.raises(tf.errors.InvalidArgumentError, match="big_one"):
     preprocess.preprocess_for_eval(image, label, crop_size=(17, 33), ignore_label=IGNORE,
                                    image_name=tf.constant("big_one"))
+
+
+@pytest.mark.parametrize("size, min_size, max_size, factor, keep_aspect_ratio, expected", [
+    # VOC 375x500 into [513, 513]: 513/375 would make the width 684 > 513, so the larger side becomes 513:
+    # scale 513/500 = 1.026, height floor(375 * 1.026) = floor(384.75) = 384.
+    ((375, 500), 513, 513, None, True, (384, 513)),
+    # the same with factor 16: 384 is raised to 385 = 16 * 24 + 1; 513 = 16 * 32 + 1 stays.
+    ((375, 500), 513, 513, 16, True, (385, 513)),
+    # max_size 600 with factor 16 is first lowered to 593 = 16 * 37 + 1; 1024x2048 -> 296.5 floored
+    # to 296, 593; then raised to 305 = 16 * 19 + 1 and 593.
+    ((1024, 2048), 513, 600, 16, True, (305, 593)),
+    # min only: the smaller side becomes 513, the other 2048 * 513 / 1024 = 1026.
+    ((1024, 2048), 513, None, None, True, (513, 1026)),
+    # keep_aspect_ratio False: both sides the larger one.
+    ((375, 500), 513, 513, 16, False, (513, 513)),
+    # float32 rounding, as the original: 27 / 49 * 49 is 26.999998 in float32, floored to 26 (not 27);
+    # 60 * 27 / 49 = 33.06 -> 33.
+    ((49, 60), 27, None, None, True, (26, 33)),
+    # an upscale with a factor: 3x4 -> min 5: 5x6 (4 * 5/3 = 6.67), factor 4: 5 = 4 + 1 stays, 6 -> 9.
+    ((3, 4), 5, None, 4, True, (5, 9)),
+])
+def test_resize_to_range_sizes_as_the_original(size, min_size, max_size, factor, keep_aspect_ratio, expected):
+  out = preprocess.resize_to_range_size(size[0], size[1], min_size, max_size, factor, keep_aspect_ratio)
+  assert tuple(out.numpy()) == expected
+  image = tf.zeros(size + (3,), tf.float32)
+  label = tf.zeros(size + (1,), tf.int32)
+  out_image, out_label = preprocess.resize_to_range(image, label, min_size, max_size, factor,
+                                                    keep_aspect_ratio)
+  assert out_image.shape == expected + (3,) and out_label.shape == expected + (1,)
+
+
+def test_resize_to_range_is_bilinear_and_nearest_with_align_corners():
+  image = tf.constant(np.array([[0, 10], [20, 30]], np.float32)[..., None].repeat(3, -1))
+  label = tf.constant(np.array([[1, 2], [3, 4]], np.int32)[..., None])
+  out_image, out_label = preprocess.resize_to_range(image, label, min_size=3)
+  np.testing.assert_allclose(out_image.numpy()[..., 0], [[0, 5, 10], [10, 15, 20], [20, 25, 30]])
+  np.testing.assert_array_equal(out_label.numpy()[..., 0], [[1, 2, 2], [3, 4, 4], [3, 4, 4]])
+
+
+def test_resize_values_are_checked_naming_the_flag():
+  assert not preprocess.check_resize_values(None, None, 16)  # a factor alone resizes nothing
+  assert preprocess.check_resize_values(513, None, None)
+  with pytest.raises(ValueError, match="--max_resize_value=513 needs --min_resize_value"):
+    preprocess.check_resize_values(None, 513, None)
+  with pytest.raises(ValueError, match="--resize_factor=0"):
+    preprocess.check_resize_values(513, 513, 0)
+
+
+def test_eval_and_train_resize_before_padding_and_cropping():
+  image, label = _coded_pair(20, 30)
+  out_image, out_label = preprocess.preprocess_for_eval(image, label, crop_size=(33, 49), ignore_label=IGNORE,
+                                                        min_resize_value=30, max_resize_value=49)
+  # 20x30 -> smaller side 30 would make the larger 45 <= 49: 30x45, then padded to 33x49
+  assert out_image.shape == (33, 49, 3)
+  assert np.all(out_label.numpy()[30:] == IGNORE) and np.all(out_label.numpy()[:30, :45] != IGNORE)
+  out_image, out_label = preprocess.preprocess_for_train(
+      image, label, crop_size=(30, 45), ignore_label=IGNORE, min_scale_factor=1.0, max_scale_factor=1.0,
+      min_resize_value=30, seed=tf.constant([1, 2]))
+  assert np.all(out_label.numpy() != IGNORE)  # exactly the resized 30x45: no padding inside the crop

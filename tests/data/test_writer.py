@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from deeplab_tf.data import colormaps, writer
@@ -92,3 +93,22 @@ def test_interrupted_write_leaves_no_shard_and_a_rerun_completes(tmp_path):
   # a re-run with fewer shards replaces the old ones
   writer.write_split(records(None), output_dir=str(tmp_path), split="train", num_examples=10, num_shards=2)
   assert sorted(os.listdir(tmp_path)) == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+
+
+def test_read_and_write_on_the_ram_filesystem():
+  folder = "ram://writer_test"
+  tf.io.gfile.makedirs(folder)
+  tf.io.gfile.copy(JPG, folder + "/a.jpg", overwrite=True)
+  tf.io.gfile.copy(PNG, folder + "/a.png", overwrite=True)
+  image = writer.read_image(folder + "/a.jpg")
+  assert image.encoded == open(JPG, "rb").read() and image.image_format == "jpeg"
+  np.testing.assert_array_equal(writer.read_label(folder + "/a.png"), np.asarray(Image.open(PNG)))
+  with pytest.raises(writer.InputError, match=f"Missing label file {folder}/none.png"):
+    writer.read_label(folder + "/none.png")
+  out = folder + "/out"
+  paths = writer.write_split([b"r0", b"r1", b"r2"], output_dir=out, split="val", num_examples=3,
+                             num_shards=2)
+  assert sorted(tf.io.gfile.listdir(out)) == ["val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord"]
+  assert [writer.count_records([p]) for p in paths] == [2, 1]
+  writer.write_split([b"r0"], output_dir=out, split="val", num_examples=1, num_shards=1)
+  assert tf.io.gfile.listdir(out) == ["val-00000-of-00001.tfrecord"]  # Stale shards removed.

@@ -13,6 +13,7 @@ from conftest import VOC, VOC_NAMES, save, voc_crop
 from datasets import build_voc2012_data
 from datasets.build_data import ConversionError, InputError
 from deeplab_tf.data import pipeline, writer
+from ram_fs import copy_to_ram
 
 
 def _sample_kwargs(list_folder):
@@ -99,3 +100,26 @@ def test_binary_exits_non_zero_on_refused_input(tmp_path):
   assert result.returncode == 1
   assert "Missing label file" in result.stderr and "2011_000025.png" in result.stderr
   assert not os.path.exists(tmp_path / "out" / "val-00000-of-00001.tfrecord")
+
+
+def test_voc_with_sbd_from_and_to_the_ram_filesystem(tmp_path, monkeypatch):
+  kwargs, root = _tree(tmp_path, ["2011_000003"], ["2011_000025"])
+  sbd = tmp_path / "benchmark_RELEASE" / "dataset"
+  (sbd / "cls").mkdir(parents=True)
+  image, label = voc_crop("2011_000006")
+  save(str(root / "JPEGImages" / "2011_000006.jpg"), image)
+  scipy.io.savemat(str(sbd / "cls" / "2011_000006.mat"), {"GTcls": {"Segmentation": label}})
+  ram = copy_to_ram(tmp_path, "ram://voc_test")
+  ram_kwargs = {k: v.replace(str(tmp_path), ram) for k, v in kwargs.items()}
+  monkeypatch.chdir(tmp_path)
+  before = sorted(os.listdir(tmp_path))
+  report = build_voc2012_data.convert(**ram_kwargs, sbd_folder=ram + "/benchmark_RELEASE/dataset",
+                                      output_dir=ram + "/out", num_shards=1, num_workers=1, progress=False)
+  assert {s: r.num_examples for s, r in report.splits.items()} == {"train": 1, "train_aug": 2, "val": 1}
+  assert sorted(tf.io.gfile.listdir(ram + "/out")) == [
+      f"{s}-00000-of-00001.tfrecord" for s in ("train", "train_aug", "val")]
+  ds = pipeline.build_dataset(ram + "/out/train_aug-*", is_training=False, crop_size=None, batch_size=1,
+                              ignore_label=255)
+  labels = {b["image_name"].numpy()[0]: b["label"][0, ..., 0].numpy() for b in ds}
+  np.testing.assert_array_equal(labels[b"2011_000006"], label)  # read from the SBD .mat on ram://
+  assert sorted(os.listdir(tmp_path)) == before  # Nothing written locally.

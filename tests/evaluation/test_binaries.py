@@ -12,11 +12,15 @@ from PIL import Image
 
 from deeplab_tf import EvalOptions, ModelOptions, build_deeplab, visualization
 from deeplab_tf.bin import eval as eval_bin
+from deeplab_tf.bin import eval_common
 from deeplab_tf.bin import vis as vis_bin
+from deeplab_tf.data import preprocess
 from deeplab_tf.data.features import encode_example
 from deeplab_tf.evaluation import inference
 from deeplab_tf.evaluation.metrics import ConfusionMatrix
+from deeplab_tf.image_ops import resize_nearest_align_corners
 from deeplab_tf.model_io import save_model_options
+from ram_fs import copy_to_ram
 
 PHOTO = os.path.join(os.path.dirname(__file__), "..", "..", "datasets", "samples", "voc2012_sample",
                      "JPEGImages", "2011_000006.jpg")
@@ -82,7 +86,8 @@ def test_vis_binary_writes_images_predictions_and_raw_ids(setup):
   root, model, examples = setup
   with flagsaver.flagsaver(checkpoint_dir=str(root / "train"), vis_logdir=str(root / "vis"),
                            dataset=str(root / "tiny.json"), dataset_dir=str(root), vis_split="val",
-                           vis_crop_size=["33", "41"], also_save_raw_predictions=True):
+                           vis_crop_size=["33", "41"], also_save_raw_predictions=True,
+                           max_number_of_iterations=1):
     vis_bin.main([])
   results = root / "vis" / "segmentation_results"
   assert sorted(os.listdir(results)) == sorted(
@@ -94,3 +99,102 @@ def test_vis_binary_writes_images_predictions_and_raw_ids(setup):
                                   expected)
     np.testing.assert_array_equal(
         visualization.read_label_png(str(root / "vis" / "raw_segmentation_results" / f"{name}.png")), expected)
+
+
+def test_vis_resizes_to_range_and_writes_cityscapes_label_ids(setup):
+  """--min/max_resize_value as the original's vis.py: the model sees the resized image, the predictions
+  are resized back to the image's size (nearest, align_corners), and for Cityscapes the raw predictions
+  are label ids (train ids 0, 1, 2 -> 7, 8, 11)."""
+  root, model, examples = setup
+  with flagsaver.flagsaver(checkpoint_path=str(root / "train" / "ckpt-1"), vis_logdir=str(root / "vis_cs"),
+                           dataset="cityscapes", dataset_dir=str(root), vis_split="val", vis_crop_size=[],
+                           also_save_raw_predictions=True, min_resize_value=20, max_resize_value=30):
+    vis_bin.main([])
+  results = root / "vis_cs" / "segmentation_results"
+  # 33x41 -> 20x24 (41 * 20/33 = 24.8); 29x33 -> 20x22 (33 * 20/29 = 22.8)
+  for i, ((name, image, _), resized) in enumerate(zip(examples, [(20, 24), (20, 22)])):
+    assert np.array(Image.open(results / f"{i:06d}_image.png")).shape == resized + (3,)
+    small, _ = preprocess.resize_to_range(tf.constant(image, tf.float32), None, 20, 30)
+    expected = inference.predict_labels(model, small[None], EvalOptions())
+    expected = resize_nearest_align_corners(expected[..., None], image.shape[:2])[0, ..., 0].numpy()
+    np.testing.assert_array_equal(visualization.read_label_png(str(results / f"{i:06d}_prediction.png")),
+                                  expected)
+    raw = visualization.read_label_png(str(root / "vis_cs" / "raw_segmentation_results" / f"{name}.png"))
+    np.testing.assert_array_equal(raw, np.array([7, 8, 11])[expected])
+
+
+def test_eval_model_flags_given_explicitly_override_the_saved_options(setup):
+  root, _, _ = setup
+  with flagsaver.flagsaver():
+    flags.FLAGS(["eval", "--output_stride=8"])  # given on the command line: present
+    _, options = eval_common.load_model_from_flags(str(root / "train"))
+  assert options == OPTIONS.replace(output_stride=8)
+  assert eval_common.load_model_from_flags(str(root / "train"))[1] == OPTIONS
+
+
+def test_eval_and_vis_on_the_ram_filesystem(setup, tmp_path, monkeypatch):
+  # Data, checkpoint and outputs all on TF's in-memory filesystem: what a gs:// user relies on. Nothing
+  # may land on the local disk (os.makedirs("ram://x") would make a local folder "ram:").
+  root, model, examples = setup
+  ram = copy_to_ram(root, "ram://binaries_test",
+                    keep=lambda path: path.startswith("train/") or path.endswith((".tfrecord", ".json")))
+  monkeypatch.chdir(tmp_path)
+  common = dict(checkpoint_dir=ram + "/train", dataset=ram + "/tiny.json", dataset_dir=ram)
+  with flagsaver.flagsaver(eval_logdir=ram + "/eval", eval_split="val", eval_crop_size=["33", "41"],
+                           max_number_of_evaluations=1, **common):
+    eval_bin.main([])
+  with tf.io.gfile.GFile(ram + "/eval/eval_ckpt-1.json") as f:
+    result = json.load(f)
+  assert result["checkpoint"] == ram + "/train/ckpt-1"
+  assert result["num_pixels"] == (33 - 3) * 41 + (29 - 3) * 33
+  assert any(name.startswith("events.out.tfevents") for name in tf.io.gfile.listdir(ram + "/eval"))
+  with flagsaver.flagsaver(vis_logdir=ram + "/vis", vis_split="val", vis_crop_size=["33", "41"],
+                           also_save_raw_predictions=True, max_number_of_iterations=1, **common):
+    vis_bin.main([])
+  assert len(tf.io.gfile.listdir(ram + "/vis/segmentation_results")) == 8
+  expected = inference.predict_labels(model, examples[1][1][None], EvalOptions(eval_crop_size=CROP))[0]
+  np.testing.assert_array_equal(
+      visualization.read_label_png(ram + "/vis/raw_segmentation_results/second.png"), expected.numpy())
+  assert os.listdir(tmp_path) == []
+
+
+def test_eval_and_vis_binaries_apply_the_dense_crf(setup):
+  pytest.importorskip("pydensecrf.densecrf", reason="the optional extra deeplab_tf[crf] (pydensecrf2)")
+  from deeplab_tf.evaluation import crf
+  root, model, examples = setup
+  options = crf.CrfOptions(iterations=5, bi_xy_std=20.0)
+  expected = ConfusionMatrix(3, 255)
+  predictions = []
+  for _, image, label in examples:
+    probabilities = inference.predict_probabilities(model, image[None], EvalOptions(eval_crop_size=CROP))
+    predictions.append(crf.dense_crf_labels(image[None], probabilities, options)[0])
+    expected.update(label, predictions[-1][None])
+  crf_flags = dict(crf_iterations=5, crf_bi_xy_std=20.0, dataset=str(root / "tiny.json"),
+                   dataset_dir=str(root), checkpoint_dir=str(root / "train"))
+  with flagsaver.flagsaver(eval_logdir=str(root / "eval_crf"), eval_split="val",
+                           eval_crop_size=["33", "41"], max_number_of_evaluations=1, **crf_flags):
+    eval_bin.main([])
+  result = json.loads((root / "eval_crf" / "eval_ckpt-1.json").read_text())
+  assert result["crf_options"] == options.to_dict()
+  np.testing.assert_array_equal(result["confusion_matrix"], expected.matrix)
+  with flagsaver.flagsaver(vis_logdir=str(root / "vis_crf"), vis_split="val", vis_crop_size=["33", "41"],
+                           max_number_of_iterations=1, **crf_flags):
+    vis_bin.main([])
+  for i, prediction in enumerate(predictions):
+    np.testing.assert_array_equal(visualization.read_label_png(
+        str(root / "vis_crf" / "segmentation_results" / f"{i:06d}_prediction.png")), prediction)
+
+
+def test_vis_in_batches_writes_the_same_pictures(setup):
+  root, model, examples = setup
+  with flagsaver.flagsaver(checkpoint_path=str(root / "train" / "ckpt-1"), vis_logdir=str(root / "vis_b2"),
+                           dataset=str(root / "tiny.json"), dataset_dir=str(root), vis_split="val",
+                           vis_crop_size=["33", "41"], vis_batch_size=2, colormap_type="cityscapes"):
+    vis_bin.main([])
+  results = root / "vis_b2" / "segmentation_results"
+  for i, (_, image, _) in enumerate(examples):
+    expected = inference.predict_labels(model, image[None], EvalOptions(eval_crop_size=CROP))[0].numpy()
+    np.testing.assert_array_equal(visualization.read_label_png(str(results / f"{i:06d}_prediction.png")),
+                                  expected)
+    palette = np.array(Image.open(results / f"{i:06d}_prediction.png").getpalette()[:6]).reshape(2, 3)
+    np.testing.assert_array_equal(palette, [[128, 64, 128], [244, 35, 232]])  # Cityscapes road, sidewalk

@@ -1,7 +1,9 @@
 """Multi-scale + flip averaging, eval padding and sliding windows against hand-computed probabilities.
 
 The models here have logits we control, so the expected probabilities are written down by hand:
-class 0 always has logit 0, class 1 a logit computed from the red channel, so p1 = sigmoid(logit).
+class 0 always has logit 0, class 1 a logit computed from the red channel (or, at output stride 2, a
+fixed pattern), so p1 = sigmoid(logit). Real DeepLab models check the image-pooling window per scale,
+uint8 inputs, and agreement with the model's own logits.
 """
 import math
 
@@ -10,8 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import reference_case as rc
 from deeplab_tf import EvalOptions, ModelOptions, build_deeplab
 from deeplab_tf.evaluation import inference
+from deeplab_tf.image_ops import resize_bilinear_align_corners, scale_dimension
 
 
 def sigmoid(x):
@@ -76,9 +80,72 @@ def test_scales_are_averaged(flip):
   assert labels.dtype == tf.int32 and labels[0, 0].numpy().tolist() == [0, 1, 0, 1, 0]
 
 
-def test_scaled_size_is_the_originals_scale_dimension():
-  assert inference.scaled_size(tf.constant([513, 5]), 0.75).numpy().tolist() == [385, 4]
-  assert inference.scaled_size(tf.constant([513, 5]), 1.75).numpy().tolist() == [897, 8]
+def test_scale_dimension_is_the_originals_for_ints_and_tensors():
+  assert scale_dimension(tf.constant([513, 5]), 0.75).numpy().tolist() == [385, 4]
+  assert scale_dimension(tf.constant([513, 5]), 1.75).numpy().tolist() == [897, 8]
+  assert [scale_dimension(513, 0.75), scale_dimension(513, 1 / 16), scale_dimension(129, 1.25 / 4)] == [
+      385, 33, 41]
+
+
+def alternating_stride2_model():
+  """Logits at output stride 2 (`(size - 1) // 2 + 1` columns) whatever the image holds: class 1 has
+  logit 4 at odd output columns and 0 at even ones."""
+  def logit(x):
+    subsampled = x[:, ::2, ::2, :1]
+    pattern = 4.0 * tf.cast(tf.range(tf.shape(subsampled)[2]) % 2, tf.float32)
+    return tf.zeros_like(subsampled) + pattern[None, None, :, None]
+  return _two_class_model(logit)
+
+
+def test_logits_are_brought_to_the_scale_1_size_before_the_image_size():
+  # A 1x9 image at scale 0.75 is resized to scale_dimension(9, 0.75) = 7 columns; the stride-2 model
+  # gives 4 logit columns [0, 4, 0, 4]. The original (multi_scale_logits) first resizes them to
+  # scale_dimension(9, max(1, 0.75) / 2) = 5 columns, sampling at 0, 3/4, 3/2, 9/4, 3:
+  # [0, 3, 2, 1, 4]; then predict_labels_multi_scale resizes those to 9 columns (at halves):
+  # [0, 1.5, 3, 2.5, 2, 1.5, 1, 2.5, 4]. Resizing 4 -> 9 straight would sample at multiples of 3/8:
+  # [0, 1.5, 3, 3.5, 2, 0.5, 1, 2.5, 4], which differs at columns 3 and 5.
+  model = alternating_stride2_model()
+  assert inference.logits_output_stride(model) == 2
+  image = _image([[0] * 9])
+  probabilities = inference.predict_probabilities(model, image, EvalOptions(eval_scales=(0.75,)))
+  assert probabilities.shape == (1, 1, 9, 2)
+  expected = [0, 1.5, 3, 2.5, 2, 1.5, 1, 2.5, 4]
+  np.testing.assert_allclose(probabilities[0, 0, :, 1].numpy(), [sigmoid(v) for v in expected],
+                             rtol=1e-6)
+  # Flipped: the same 5 logits [0, 3, 2, 1, 4] are flipped back to [4, 1, 2, 3, 0] before the resize
+  # to 9 columns; at scale 1 the 5 logits [0, 4, 0, 4, 0] need no first resize.
+  options = EvalOptions(eval_scales=(1.0, 0.75), add_flipped_images=True)
+  probabilities = inference.predict_probabilities(model, image, options)
+  flipped = [4, 2.5, 1, 1.5, 2, 2.5, 3, 1.5, 0]
+  at_1 = [0, 2, 4, 2, 0, 2, 4, 2, 0]
+  np.testing.assert_allclose(
+      probabilities[0, 0, :, 1].numpy(),
+      [(2 * sigmoid(a) + sigmoid(b) + sigmoid(c)) / 4 for a, b, c in zip(at_1, expected, flipped)],
+      rtol=1e-6)
+
+
+def test_a_fixed_image_pooling_window_is_scaled_with_the_crop():
+  # research/deeplab multi_scale_logits scales image_pooling_crop_size with each scale: at 0.75 a
+  # 33-pixel pooling crop becomes scale_dimension(33, 0.75) = 25 pixels, a window of
+  # scale_dimension(25, 1/16) = 2 feature pixels (3 at scale 1).
+  base = dict(model_variant="mobilenet_v2", num_classes=3, output_stride=16)
+  model = build_deeplab(ModelOptions(image_pooling_crop_size=(33, 33), **base))
+  network = inference.low_resolution_logits_model(model)
+  scaled = inference.network_at_scale(network, 0.75)
+  assert network.get_layer("image_pooling.pool").pool_size == (3, 3)
+  assert scaled.get_layer("image_pooling.pool").pool_size == (2, 2)
+  assert inference.network_at_scale(network, 1.0) is network
+  assert scaled.weights[0] is network.weights[0] and len(scaled.weights) == len(network.weights)
+  # The same weights in a model built for the 25-pixel pooling crop, run by hand as the original does.
+  twin = build_deeplab(ModelOptions(image_pooling_crop_size=(25, 25), **base))
+  twin.set_weights(model.get_weights())
+  image = np.random.RandomState(1).uniform(0, 255, (1, 65, 65, 3)).astype(np.float32)
+  logits = inference.low_resolution_logits_model(twin)(
+      resize_bilinear_align_corners(tf.constant(image), [49, 49]), training=False)
+  logits = resize_bilinear_align_corners(logits, [5, 5])  # scale_dimension(65, 1 / 16)
+  expected = tf.nn.softmax(resize_bilinear_align_corners(logits, [65, 65]))
+  ours = inference.predict_probabilities(model, image, EvalOptions(eval_scales=(0.75,)))
+  np.testing.assert_allclose(ours.numpy(), expected.numpy(), atol=1e-6)
 
 
 def test_eval_padding_uses_the_mean_pixel_and_is_cropped_back():
@@ -125,3 +192,19 @@ def test_real_deeplab_matches_its_own_logits():
   both = inference.predict_probabilities(model, x, EvalOptions(add_flipped_images=True))
   np.testing.assert_allclose(both.numpy(), ((softmax + flipped) / 2).numpy(), atol=1e-5)
   assert inference.model_mean_pixel(model) == (127.5, 127.5, 127.5)
+
+
+def test_a_uint8_model_resizes_and_pads_float_images_as_the_original():
+  # The original casts images to float before scaling and padding; a uint8-input model must not round
+  # the resized pixels or the 127.5 padding back to integers.
+  options = ModelOptions(model_variant="mobilenet_v2", num_classes=3, output_stride=16)
+  float_model = rc.assign_reference_weights(build_deeplab(options))
+  uint8_model = build_deeplab(options, input_dtype="uint8")
+  uint8_model.set_weights(float_model.get_weights())
+  image = np.random.RandomState(2).randint(0, 256, (1, 33, 35, 3)).astype(np.uint8)
+  eval_options = EvalOptions(eval_scales=(0.75, 1.0), eval_crop_size=(37, 41))
+  expected = inference.predict_probabilities(float_model, image, eval_options).numpy()
+  ours = inference.predict_probabilities(uint8_model, image, eval_options).numpy()
+  assert expected.max() - expected.min() > 0.5  # the weights make the probabilities vary
+  np.testing.assert_allclose(ours, expected, atol=1e-6)
+  assert inference.low_resolution_logits_model(uint8_model).inputs[0].dtype == "float32"

@@ -25,6 +25,23 @@ def _keras_name(our_name):
   return f"{prefix}_{op}" + ("_BN" if bn else "")
 
 
+def assign_same_random_weights(ours, reference, keras_name, rng):
+  """Gives every weighted layer of `ours` and its twin `reference.get_layer(keras_name(name))` the same
+  random weights (BN: positive scale and variance), and checks that every reference layer has a twin."""
+  paired = 0
+  for layer in ours.layers:
+    if not layer.weights:
+      continue
+    twin = reference.get_layer(keras_name(layer.name))
+    values = [rng.normal(0.0, 0.1, w.shape).astype(np.float32) for w in layer.weights]
+    if isinstance(layer, keras.layers.BatchNormalization):
+      values = [1.0 + values[0], values[1], values[2], 1.0 + np.abs(values[3])]
+    layer.set_weights(values)
+    twin.set_weights(values)
+    paired += 1
+  assert paired == len([l for l in reference.layers if l.weights])  # Every layer has its twin.
+
+
 @pytest.mark.parametrize("size", [64, 65])
 def test_matches_keras_applications_mobilenet_v2(size):
   reference = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False,
@@ -33,18 +50,7 @@ def test_matches_keras_applications_mobilenet_v2(size):
   inputs = keras.Input((size, size, 3))
   ours = keras.Model(inputs, build_mobilenet_v2(inputs, output_stride=32)["encoder_output"])
   rng = np.random.default_rng(size)
-  paired = 0
-  for layer in ours.layers:
-    if not layer.weights:
-      continue
-    twin = reference.get_layer(_keras_name(layer.name))
-    values = [rng.normal(0.0, 0.1, w.shape).astype(np.float32) for w in layer.weights]
-    if isinstance(layer, keras.layers.BatchNormalization):
-      values = [1.0 + values[0], values[1], values[2], 1.0 + np.abs(values[3])]
-    layer.set_weights(values)
-    twin.set_weights(values)
-    paired += 1
-  assert paired == len([l for l in reference.layers if l.weights])  # Every layer has its twin.
+  assign_same_random_weights(ours, reference, _keras_name, rng)
   images = rng.uniform(-1.0, 1.0, (2, size, size, 3)).astype(np.float32)
   expected = reference(images, training=False).numpy()
   got = ours(images, training=False).numpy()

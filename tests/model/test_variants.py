@@ -15,6 +15,7 @@ import pytest
 
 import deeplab_tf
 import reference_case as rc
+import tie_aware
 from deeplab_tf.checkpoints import load_tf1_checkpoint, model_weights_by_checkpoint_name
 
 
@@ -80,7 +81,10 @@ def test_variant(name, tmp_path):
 
 # The reference case: weights from the reference recipe written as a TF1 checkpoint from the variable
 # list and loaded by name; the upsampled logits of the 129x129 input must match the original's to 1e-5
-# of their largest magnitude (its own oneDNN on/off runs differ by 4e-6), with every argmax equal.
+# of their largest magnitude (the original's own oneDNN on/off runs differ by 4e-6; ours measure 3.8e-6
+# with oneDNN off and 4.3e-6 with it on), with labels equal wherever the reference's top-2 margin
+# exceeds twice that (tie_aware; 5 of 16,641 pixels are nearer ties than that).
+@pytest.mark.reference
 def test_xception_65_matches_the_original(tmp_path):
   case = rc.XCEPTION_65_CASE_DIR
   prefix = rc.write_checkpoint_from_vars(str(tmp_path / "model.ckpt"), rc.load_vars("xception_65"))
@@ -91,5 +95,5 @@ def test_xception_65_matches_the_original(tmp_path):
   ours = model(np.load(os.path.join(case, "input.npy")), training=False).numpy()
   ref = np.load(os.path.join(case, "logits.npy"))
   assert ours.shape == ref.shape == (1, 129, 129, 21)
-  assert np.abs(ours - ref).max() / np.abs(ref).max() <= 1e-5
-  np.testing.assert_array_equal(ours.argmax(-1), np.load(os.path.join(case, "predictions.npy")))
+  tie_aware.assert_matches(ours, ref, 1e-5 * np.abs(ref).max(),
+                           reference_labels=np.load(os.path.join(case, "predictions.npy")))

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab_tf.options import ModelOptions, TrainOptions
+from deeplab_tf.training import batch_norm
 from deeplab_tf.training import strategy as strategy_lib
 from deeplab_tf.training import trainer
 
@@ -25,7 +26,7 @@ def _weights(options, logdir, strategy=None):
   images, labels = helpers.examples()
   result = trainer.train(MODEL, options, helpers.dataset_fn_for(4, images, labels), str(logdir),
                          strategy=strategy, model_fn=helpers.tiny_model)
-  assert result.final_step == options.training_number_of_steps
+  assert result.final_step == options.solver.training_number_of_steps
   return [np.asarray(v.numpy()) for v in result.model.weights], result.last_loss
 
 
@@ -55,10 +56,10 @@ def test_synchronized_bn_equals_default_and_unsynchronized_does_not(tmp_path):
 
 def test_sync_and_freeze_switch_every_bn_layer():
   model = helpers.tiny_model(MODEL)
-  assert strategy_lib.set_batch_norm_synchronized(model) == 1
-  assert strategy_lib.batch_norm_layers(model)[0].synchronized
+  assert batch_norm.set_batch_norm_synchronized(model) == 1
+  assert batch_norm.batch_norm_layers(model)[0].synchronized
   n_trainable = len(model.trainable_variables)
-  assert strategy_lib.freeze_batch_norm(model) == 1
+  assert batch_norm.freeze_batch_norm(model) == 1
   assert len(model.trainable_variables) == n_trainable - 2  # gamma and beta
 
 
@@ -84,8 +85,8 @@ def test_tpu_path_without_a_tpu_fails_clearly():
 
 def test_batch_norm_decay_override_sets_the_moving_average_rate():
   model = helpers.tiny_model(MODEL)
-  assert strategy_lib.set_batch_norm_decay(model, 0.25) == 1
-  bn = strategy_lib.batch_norm_layers(model)[0]
+  assert batch_norm.set_batch_norm_decay(model, 0.25) == 1
+  bn = batch_norm.batch_norm_layers(model)[0]
   images, _ = helpers.examples()
   inputs = bn.input
   features = tf.keras.Model(model.inputs, inputs)(images[:2], training=True).numpy()
@@ -95,3 +96,7 @@ def test_batch_norm_decay_override_sets_the_moving_average_rate():
   np.testing.assert_allclose(bn.moving_mean.numpy(), 0.75 * batch_mean, rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match="batch_norm_decay"):
     TrainOptions(batch_norm_decay=1.0)
+  # the original's default keeps every layer's own decay (ResNet's 0.95 included); others override
+  defaults = TrainOptions().batch_norm
+  assert defaults.batch_norm_decay == 0.9997 and defaults.batch_norm_decay_override is None
+  assert TrainOptions(batch_norm_decay=0.9).batch_norm.batch_norm_decay_override == 0.9

@@ -85,7 +85,62 @@ EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "..", "experiments")
 def test_experiment_flagfiles(parse_flags, name, expected):
   parse_flags(f"--flagfile={os.path.join(EXPERIMENTS, name + '.flags')}")
   model, train, _ = train_bin.options_from_flags()
-  assert (model.num_classes, model.output_stride, model.atrous_rates, train.train_crop_size,
-          train.train_batch_size, train.training_number_of_steps, train.base_learning_rate,
-          train.fine_tune_batch_norm) == expected
+  assert (model.num_classes, model.output_stride, model.atrous_rates,
+          train.augmentation.train_crop_size, train.solver.train_batch_size,
+          train.solver.training_number_of_steps, train.solver.base_learning_rate,
+          train.batch_norm.fine_tune_batch_norm) == expected
   assert model.model_variant == "xception_65" and model.decoder_output_stride == 4
+
+
+def test_train_binary_on_ram_filesystem_writes_nothing_locally(tmp_path, parse_flags, monkeypatch,
+                                                               caplog):
+  # Shards, checkpoints, options and summaries all on TensorFlow's in-memory filesystem (as on gs://):
+  # a stray local file call would miss the shards or leave a local 'ram:' folder in the cwd.
+  monkeypatch.chdir(tmp_path)
+  data, logdir = "ram://r11_train/data", "ram://r11_train/log"
+  _write_shard(data)
+  common = [f"--dataset_dir={data}", f"--train_logdir={logdir}", "--dataset=pascal_voc_seg",
+            "--model_variant=mobilenet_v2", "--train_crop_size=33,33", "--train_batch_size=2",
+            "--base_learning_rate=0.01", "--seed=1", "--save_interval_steps=1"]
+  parse_flags(*common, "--training_number_of_steps=2")
+  train_bin.main([])
+  assert tf.train.latest_checkpoint(logdir).endswith("ckpt-2")
+  from deeplab_tf import model_io
+  assert model_io.load_model_options(logdir).model_variant == "mobilenet_v2"
+  assert tf.io.gfile.glob(logdir + "/events.out.tfevents.*")
+  # Re-running resumes from ram:// (steps 3..3): ckpt-2 reads back, no fresh start.
+  flags.FLAGS.unparse_flags()
+  parse_flags(*common, "--training_number_of_steps=3")
+  with caplog.at_level("INFO", logger="absl"):
+    train_bin.main([])
+  assert not [r for r in caplog.records if "unreadable" in r.getMessage()]
+  assert any("Finished at step 3 (started at step 2)" in r.getMessage() for r in caplog.records)
+  assert tf.train.latest_checkpoint(logdir).endswith("ckpt-3")
+  assert tf.compat.v1.train.NewCheckpointReader(logdir + "/ckpt-3").get_tensor(
+      "step/.ATTRIBUTES/VARIABLE_VALUE") == 3
+  assert os.listdir(tmp_path) == []
+  tf.io.gfile.rmtree("ram://r11_train")
+
+
+def _checkpoint_bytes(prefix):
+  return sum(tf.io.gfile.stat(f).length for f in tf.io.gfile.glob(prefix + ".*"))
+
+
+def test_checkpoints_hold_weights_and_optimizer_state_not_input_buffers(tmp_path):
+  from deeplab_tf.options import ModelOptions, TrainOptions  # pylint: disable=import-outside-toplevel
+  from deeplab_tf.training import trainer  # pylint: disable=import-outside-toplevel
+  _write_shard(tmp_path / "data")
+  pattern = str(tmp_path / "data" / "train-*.tfrecord")
+  model_options = ModelOptions(model_variant="mobilenet_v2", num_classes=21)
+  options = TrainOptions(train_crop_size=(33, 33), train_batch_size=2, training_number_of_steps=2,
+                         save_interval_steps=2, seed=1)
+  result = trainer.train(model_options, options, pattern, str(tmp_path / "log"))
+  # Weights (with BN moving statistics) plus one momentum slot per trainable weight; 256 KiB covers
+  # the object graph, the step, the seed and the index of ~700 names (measured 100 KiB).
+  bound = (sum(v.numpy().nbytes for v in result.model.weights)
+           + sum(v.numpy().nbytes for v in result.model.trainable_weights) + 256 * 1024)
+  assert _checkpoint_bytes(result.checkpoint_path) <= bound
+  # The same run saving the input iterator holds its shuffle and prefetch buffers of decoded images.
+  buffered = trainer.train(model_options, options, pattern, str(tmp_path / "buffered"),
+                           checkpoint_input_pipeline=True)
+  assert _checkpoint_bytes(buffered.checkpoint_path) > bound

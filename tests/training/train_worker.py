@@ -29,7 +29,7 @@ def main(args):
   images, labels = helpers.examples()
   sleep = args.get("sleep_per_step", 0.0)
   result = trainer.train(
-      MODEL, options, helpers.dataset_fn_for(options.train_batch_size, images, labels),
+      MODEL, options, helpers.dataset_fn_for(options.solver.train_batch_size, images, labels),
       args["logdir"], strategy=strategy, model_fn=helpers.tiny_model,
       on_log=(lambda progress: time.sleep(sleep)) if sleep else None)
   np.savez(args["result"], final_step=result.final_step, interrupted=result.interrupted,

@@ -1,0 +1,38 @@
+"""deeplab_train on shards whose labels exceed --num_classes stops at the input, with a clear message.
+
+Without the pipeline's check (`deeplab_tf.data.pipeline.check_label_range`) a label 5 with 3 classes
+stopped only inside the loss with TensorFlow's raw error on CPU, and gave NaN silently on GPU.
+"""
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from deeplab_tf.bin import train as train_bin
+from deeplab_tf.data import writer
+
+
+def test_label_5_with_3_classes_names_the_split_flag_and_value(tmp_path):
+  rng = np.random.default_rng(0)
+  records = []
+  for i in range(2):
+    label = rng.choice(np.array([0, 1, 5, 255], np.uint8), size=(40, 40))
+    image = writer.ImageData(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    records.append(writer.make_example(f"img{i}", image, label, num_classes=6, ignore_label=255,
+                                       image_path="x", label_path="y").serialized)
+  writer.write_split(records, output_dir=str(tmp_path / "data"), split="train", num_examples=2,
+                     num_shards=1)
+  flags.FLAGS(["deeplab_train", f"--dataset_dir={tmp_path / 'data'}", f"--train_logdir={tmp_path / 'log'}",
+               "--dataset=pascal_voc_seg", "--num_classes=3", "--train_split=train",
+               "--model_variant=mobilenet_v2", "--train_crop_size=33,33", "--train_batch_size=2",
+               "--training_number_of_steps=2", "--seed=1"])
+  try:
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+      train_bin.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+  message = str(error.value)
+  assert "Labels of the train split (shards " in message, message
+  assert "num_classes=3 (flag --num_classes)" in message and "ignore_label=255" in message, message
+  assert "Offending label values:] [5]" in message, message
+  assert tf.train.latest_checkpoint(str(tmp_path / "log")) is None  # stopped before any step
