@@ -62,6 +62,7 @@ from deeplab_tf import io_utils
 from deeplab_tf.data import preprocess
 from deeplab_tf.evaluation import inference
 from deeplab_tf.image_ops import resize_bilinear_align_corners, resize_nearest_align_corners
+from deeplab_tf.model.folding import fold_batch_norm
 from deeplab_tf.options import EvalOptions, ModelOptions
 
 SERVING_DEFAULT = "serving_default"
@@ -337,7 +338,9 @@ def export_saved_model(model, export_dir: str, model_options: ModelOptions,
   if resize:
     preprocess.check_resize_values(resize.get("min_resize_value"), resize.get("max_resize_value"),
                                    resize.get("resize_factor"))
-  module = DeepLabServingModule(model, model_options, eval_options, mean_pixel, max_image_pixels, resize)
+  # Served with every BatchNorm folded into its convolution (the same function to float32 rounding).
+  module = DeepLabServingModule(fold_batch_norm(model), model_options, eval_options, mean_pixel,
+                                max_image_pixels, resize)
   tf.io.gfile.makedirs(io_utils.dirname(export_dir))
   tmp = _temporary_sibling(export_dir, ".tmp")
   try:

@@ -65,9 +65,122 @@ class BatchNormParams:
   epsilon: float = 1e-3
 
 
+@keras.saving.register_keras_serializable(package="deeplab_tf")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+  """Keras' BatchNormalization computed by TF's fused kernel (FusedBatchNormV3), as the original's slim.
+
+  The variables (`gamma`, `beta`, `moving_mean`, `moving_variance`), the attributes the trainer switches
+  (`momentum` for `batch_norm_decay`, `trainable=False` for `fine_tune_batch_norm=False`,
+  `synchronized` for `sync_batch_norm`) and the config are Keras' own; only the arithmetic changes:
+  - training (`training=True` and `trainable`): one FusedBatchNormV3 (and its fused gradient) instead
+    of Keras' ~10 separate moment and normalisation ops. The moving averages are updated as Keras
+    does (`moving = momentum * moving + (1 - momentum) * batch`) with the batch variance the fused
+    kernel returns, which carries Bessel's correction `n / (n - 1)` (n = batch * height * width), as
+    research/deeplab's slim `batch_norm(fused=True)` (its default for 4-D NHWC inputs) does. The
+    output is normalised by the biased variance, as both.
+  - `synchronized` training: moments of the global batch through three all-reduces (sum, sum of
+    squares, count; the same as Keras'), normalisation by `tf.nn.batch_normalization`, moving
+    variance with the same Bessel correction over the global count.
+  - inference (or a frozen layer): FusedBatchNormV3 with `is_training=False`, which TF's grappler
+    remapper fuses into the preceding convolution (`_FusedConv2D`) with oneDNN; on bfloat16/float16
+    activations one multiply-add in that dtype with the folded per-channel scale and offset
+    (`BF16_INFERENCE_AS_AFFINE`; oneDNN's bfloat16 inference BN kernel measured 1.2x slower).
+  Unlike `tf.nn.fused_batch_norm`, `epsilon` is used as given (no clamp to 1.001e-5).
+  Under mixed precision the kernel takes bfloat16/float16 activations with float32 statistics, so no
+  Cast surrounds the layer. Inputs other than 4-D channels-last (or with a mask, or `renorm`) fall back
+  to Keras' implementation.
+  """
+
+  def _is_fusable(self, inputs, mask) -> bool:
+    rank = len(inputs.shape)
+    return (rank == 4 and self.axis in (-1, 3) and mask is None and not self.renorm and self.center
+            and self.scale and inputs.dtype in (tf.float32, tf.bfloat16, tf.float16))
+
+  def call(self, inputs, training=None, mask=None):
+    if not self._is_fusable(inputs, mask):
+      return super().call(inputs, training=training, mask=mask)
+    gamma = tf.convert_to_tensor(self.gamma)
+    beta = tf.convert_to_tensor(self.beta)
+    moving_mean = tf.convert_to_tensor(self.moving_mean)
+    moving_variance = tf.convert_to_tensor(self.moving_variance)
+    replica = tf.distribute.get_replica_context()
+    if training and self.trainable and self.synchronized and replica is not None:
+      outputs = self._synchronized_call(replica, inputs, gamma, beta, moving_mean, moving_variance)
+    elif training and self.trainable:
+      empty = tf.zeros([0], tf.float32)
+      outputs, mean, variance = tf.raw_ops.FusedBatchNormV3(
+          x=inputs, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
+          exponential_avg_factor=1.0, data_format="NHWC", is_training=True)[:3]
+      self._update_moving_averages(moving_mean, moving_variance, mean, variance)
+    elif inputs.dtype != tf.float32 and BF16_INFERENCE_AS_AFFINE:
+      # oneDNN's bfloat16 inference BN kernel is slower than one multiply-add in bfloat16.
+      scale = gamma * tf.math.rsqrt(moving_variance + self.epsilon)
+      offset = beta - moving_mean * scale
+      outputs = inputs * tf.cast(scale, inputs.dtype) + tf.cast(offset, inputs.dtype)
+    else:
+      outputs = tf.raw_ops.FusedBatchNormV3(
+          x=inputs, scale=gamma, offset=beta, mean=moving_mean, variance=moving_variance,
+          epsilon=self.epsilon, data_format="NHWC", is_training=False)[0]
+    return tf.cast(outputs, self.compute_dtype)
+
+  def _update_moving_averages(self, moving_mean, moving_variance, mean, unbiased_variance):
+    self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
+    self.moving_variance.assign(
+        moving_variance * self.momentum + unbiased_variance * (1.0 - self.momentum))
+
+  def _synchronized_call(self, replica, inputs, gamma, beta, moving_mean, moving_variance):
+    x = tf.cast(inputs, tf.float32)
+    axes = [0, 1, 2]
+    total = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(x, axes))
+    squares = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(x), axes))
+    count = replica.all_reduce(tf.distribute.ReduceOp.SUM,
+                               tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32))
+    mean = tf.math.divide_no_nan(total, count)
+    variance = tf.maximum(tf.math.divide_no_nan(squares, count) - tf.square(mean), 0.0)
+    self._update_moving_averages(moving_mean, moving_variance, mean,
+                                 variance * count / tf.maximum(count - 1.0, 1.0))
+    outputs = tf.nn.batch_normalization(x, mean, variance, beta, gamma, self.epsilon)
+    return tf.cast(outputs, inputs.dtype)
+
+
+# Training computes 1x1 stride-1 convolutions as matrix products (see `PointwiseConv2D`); False
+# keeps the convolution kernel (benchmarks/compare.py times both).
+POINTWISE_AS_MATMUL_IN_TRAINING = True
+# Inference BN on bfloat16/float16 activations as a multiply-add (see `FusedBatchNormalization`).
+BF16_INFERENCE_AS_AFFINE = True
+
+
+@keras.saving.register_keras_serializable(package="deeplab_tf")
+class PointwiseConv2D(keras.layers.Conv2D):
+  """A 1x1, stride-1, undilated `Conv2D` that trains as one matrix product.
+
+  The same layer (class, variables `kernel` `[1, 1, in, out]` and `bias`, config) as Keras' Conv2D;
+  with `training=True` it computes `reshape(x, [-1, in]) @ reshape(kernel, [in, out])`, whose two
+  backward products run on TF's MatMul kernels, faster than oneDNN's convolution backward passes
+  for these shapes (Xception's pointwise convolutions carry most of its multiply-adds). Inference
+  keeps the convolution, which grappler fuses with the BatchNorm and ReLU after it.
+  """
+
+  def call(self, inputs, training=None):
+    if not (training and POINTWISE_AS_MATMUL_IN_TRAINING and self.data_format == "channels_last"):
+      return super().call(inputs)
+    channels = inputs.shape[-1]
+    flat = tf.reshape(inputs, [-1, channels])
+    outputs = tf.matmul(flat, tf.reshape(self.kernel, [channels, self.filters]))
+    if self.use_bias:
+      outputs = tf.nn.bias_add(outputs, self.bias)
+    outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], [self.filters]], axis=0))
+    if self.activation is not None:
+      outputs = self.activation(outputs)
+    return outputs
+
+
 def batch_norm(x, scope: str, params: BatchNormParams):
-  """BatchNorm with scale and centre, named `<scope>.BatchNorm` (slim's `<scope>/BatchNorm`)."""
-  return keras.layers.BatchNormalization(
+  """BatchNorm with scale and centre, named `<scope>.BatchNorm` (slim's `<scope>/BatchNorm`).
+
+  A `FusedBatchNormalization` (TF's fused kernel, as the original's slim `batch_norm`).
+  """
+  return FusedBatchNormalization(
       momentum=params.decay, epsilon=params.epsilon, center=True, scale=True,
       name=scope_to_layer_name(scope + "/BatchNorm"))(x)
 
@@ -132,8 +245,9 @@ def conv2d_same(x, filters: int, kernel_size: int, stride: int, rate: int, scope
     padding = "same"
   if use_bias is None:
     use_bias = bn_params is None
-  x = keras.layers.Conv2D(filters, kernel_size, strides=stride, dilation_rate=rate, padding=padding,
-                          use_bias=use_bias, kernel_initializer=kernel_initializer, name=name)(x)
+  conv = PointwiseConv2D if kernel_size == 1 and stride == 1 and rate == 1 else keras.layers.Conv2D
+  x = conv(filters, kernel_size, strides=stride, dilation_rate=rate, padding=padding,
+           use_bias=use_bias, kernel_initializer=kernel_initializer, name=name)(x)
   if bn_params is not None:
     x = batch_norm(x, scope, bn_params)
   if activation:

@@ -2,9 +2,10 @@
 
 research/deeplab runs BN with `is_training=fine_tune_batch_norm` (`core/feature_extractor.py`) and a
 decay of 0.9997 (DeepLabv3, section 4.1); its multi-GPU clones never synchronised batch statistics.
-Keras reads `momentum` and `synchronized` of `BatchNormalization` at call time (synchronised BN
-all-reduces the batch sums across replicas in `_moments`), so all three switches apply to a built
-model, before the training step is traced; the model builder needs no change.
+Keras' `BatchNormalization` and our `model.layers.FusedBatchNormalization` (its subclass, on TF's
+fused kernel) read `momentum`, `trainable` and `synchronized` at call time (synchronised BN
+all-reduces the batch sums across replicas), so all three switches apply to a built model, before
+the training step is traced; the model builder needs no change.
 """
 
 from __future__ import annotations

@@ -35,8 +35,9 @@ def test_aspp_l_flagfile_builds_deeplabv2(tmp_path):
   assert (options.model_variant, options.output_stride, options.atrous_rates, options.aspp_with_batch_norm,
           options.logits_kernel_size, options.decoder_output_stride) == (
               "resnet_v1_101", 8, (6, 12, 18, 24), False, 3, None)
-  assert (train.train_crop_size, train.train_batch_size, train.training_number_of_steps,
-          train.base_learning_rate, train.fine_tune_batch_norm) == ((321, 321), 10, 20000, 0.001, False)
+  assert (train.augmentation.train_crop_size, train.solver.train_batch_size,
+          train.solver.training_number_of_steps, train.solver.base_learning_rate,
+          train.batch_norm.fine_tune_batch_norm) == ((321, 321), 10, 20000, 0.001, False)
   model = deeplab_tf.build_deeplab(options)
   head = [(f"logits/semantic{suffix}/{kind}", shape) for suffix in ("", "_1", "_2", "_3")
           for kind, shape in (("weights", (3, 3, 2048, 21)), ("biases", (21,)))]

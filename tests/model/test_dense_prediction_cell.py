@@ -133,7 +133,7 @@ def test_flagfile_builds_the_model_zoo_dpc(tmp_path):
   finally:
     flags.FLAGS.unparse_flags()
   assert (model.model_variant, model.num_classes, model.output_stride, model.decoder_output_stride,
-          train.train_crop_size) == ("xception_71", 19, 16, 4, (769, 769))
+          train.augmentation.train_crop_size) == ("xception_71", 19, 16, 4, (769, 769))
   assert model.dense_prediction_cell_config == dpc.load_dense_prediction_cell_config(CITYSCAPES_JSON)
   # At output stride 8 (the _trainval entry's evaluation) the searched rates double.
   cell = deeplab_tf.build_deeplab(model.replace(output_stride=8))

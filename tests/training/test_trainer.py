@@ -37,7 +37,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   images, labels = helpers.examples()
   # Batch index 5 is step 6: checkpoints at 4 exist, none at 6 or later.
   dataset_fn = helpers.dataset_fn_for(4, images, labels, nan_at_batch=5)
-  with pytest.raises(trainer.NonFiniteLossError, match="step 6.*ckpt-4"):
+  # Step 6, or 7 when TF's fused BatchNorm + ReLU graph kernels map the NaN activations to 0 (its
+  # NaN gradients then make step 7's loss NaN; see test_train_step.py).
+  with pytest.raises(trainer.NonFiniteLossError, match="step [67];.*ckpt-4"):
     _train(TRAIN, tmp_path, dataset_fn=dataset_fn)
   assert _ckpt_steps(tmp_path) == [4]
   reader = tf.train.load_checkpoint(str(tmp_path / "ckpt-4"))

@@ -1,0 +1,105 @@
+"""`fold_batch_norm` computes the model's inference function with no BatchNorm left.
+
+Tolerance: the folded model differs from the unfolded one only by float32 rounding (the kernel is
+scaled once before the convolution instead of the output after it; the bias add and BN shift are
+merged). Each of Xception-65's ~150 folded layers contributes relative errors of a few float32 ulps
+(2**-24 ~ 6e-8), which add up, mostly at random, to a few 1e-6 at the logits: the same order as the
+difference between our unfolded model and the original (2.5e-6, benchmarks/README.md) or the
+original's own oneDNN on/off runs (4e-6). 1e-5 of the largest logit is the reference case's bound.
+"""
+
+import os
+
+import keras
+import numpy as np
+
+import deeplab_tf
+import reference_case as rc
+from deeplab_tf.checkpoints import load_tf1_checkpoint, model_weights_by_checkpoint_name
+from deeplab_tf.model import layers
+from deeplab_tf.model.folding import FoldedBatchNorm, fold_batch_norm, foldable_pairs
+
+
+def _relative_difference(a, b):
+  return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _bn_layers(model):
+  return [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+
+
+def test_small_model_by_hand():
+  """Conv with and without bias, depthwise, a conv read twice (not folded), mixed precision policy."""
+  rng = np.random.default_rng(1)
+  images = keras.Input((7, 7, 3), name="images")
+  a = layers.conv2d_same(images, 4, 3, 2, 1, "a", bn_params=layers.BatchNormParams(), use_bias=True)
+  b = layers.depthwise_conv2d_same(a, 3, 1, 2, "b", bn_params=layers.BatchNormParams(epsilon=1e-5),
+                                   activation=True)
+  shared = keras.layers.Conv2D(4, 1, name="shared")(b)
+  c = layers.batch_norm(shared, "shared", layers.BatchNormParams())
+  model = keras.Model(images, keras.layers.Add()([c, shared]))
+  for layer in model.layers:
+    layer.set_weights([rng.uniform(0.5, 2.0, w.shape) if "variance" in w.name or "gamma" in w.name
+                       else rng.standard_normal(w.shape) for w in layer.weights])
+  assert foldable_pairs(model) == {"a.BatchNorm": "a", "b.BatchNorm": "b"}
+  folded = fold_batch_norm(model)
+  assert [l.name for l in folded.layers] == [l.name for l in model.layers]
+  assert isinstance(folded.get_layer("a.BatchNorm"), FoldedBatchNorm)
+  assert isinstance(folded.get_layer("shared.BatchNorm"), keras.layers.BatchNormalization)
+  assert folded.get_layer("b").use_bias and not model.get_layer("b").use_bias
+  x = rng.uniform(0, 255, (2, 7, 7, 3)).astype(np.float32)
+  expected = model(x, training=False).numpy()
+  assert _relative_difference(folded(x, training=False).numpy(), expected) <= 1e-6
+  # The original is untouched and still trains its BatchNorm.
+  assert len(_bn_layers(model)) == 3
+  # Nothing to fold, or a model whose graph cannot be rewritten: the model itself.
+  sequential = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+  assert fold_batch_norm(sequential) is sequential
+  plain = keras.Model(images, keras.layers.Conv2D(2, 1)(images))
+  assert fold_batch_norm(plain) is plain
+
+
+def test_xception_65_reference_case_folded(tmp_path):
+  case = rc.XCEPTION_65_CASE_DIR
+  prefix = rc.write_checkpoint_from_vars(str(tmp_path / "model.ckpt"), rc.load_vars("xception_65"))
+  model = deeplab_tf.build_deeplab(deeplab_tf.ModelOptions(**rc.VARIANT_CASES["xception_65"][0]))
+  load_tf1_checkpoint(model, prefix)
+  folded = fold_batch_norm(model)
+  assert len(_bn_layers(model)) == 146 and _bn_layers(folded) == []
+  # Folding removes gamma, beta, mean and variance (4 per BN) and adds one bias per BN.
+  assert model.count_params() - folded.count_params() == 3 * sum(
+      l.gamma.shape[0] for l in _bn_layers(model))
+  x = np.load(os.path.join(case, "input.npy"))
+  ours = model(x, training=False).numpy()
+  ours_folded = folded(x, training=False).numpy()
+  assert _relative_difference(ours_folded, ours) <= 1e-5
+  assert _relative_difference(ours_folded, np.load(os.path.join(case, "logits.npy"))) <= 1e-5
+
+
+def test_mobilenet_v2_folded():
+  """ReLU6, expansion and depthwise convs; deterministic weights of the reference recipe."""
+  model = deeplab_tf.build_deeplab(deeplab_tf.ModelOptions(**rc.VARIANT_CASES["mobilenet_v2"][0]))
+  for name, variable in model_weights_by_checkpoint_name(model).items():
+    variable.assign(rc.det_value(name, variable.shape))
+  folded = fold_batch_norm(model)
+  assert _bn_layers(folded) == []
+  x = np.random.default_rng(0).uniform(0, 255, (1, 65, 65, 3)).astype(np.float32)
+  assert _relative_difference(folded(x, training=False).numpy(),
+                              model(x, training=False).numpy()) <= 1e-5
+
+
+def test_live_folding_shares_the_variables():
+  inputs = keras.Input((9, 9, 3), name="images")
+  x = layers.conv2d_same(inputs, 4, 3, 2, 1, "a", bn_params=layers.BatchNormParams())
+  model = keras.Model(inputs, layers.depthwise_conv2d_same(
+      x, 3, 1, 1, "b", bn_params=layers.BatchNormParams(), activation=False))
+  rng = np.random.default_rng(3)
+  for layer in model.layers:
+    layer.set_weights([rng.uniform(0.5, 2.0, w.shape) for w in layer.weights])
+  live = fold_batch_norm(model, live=True)
+  assert len(live.weights) == len(model.weights)  # Shared, not copied.
+  x = rng.uniform(0, 255, (1, 9, 9, 3)).astype(np.float32)
+  for _ in range(2):
+    assert _relative_difference(live(x, training=False).numpy(),
+                                model(x, training=False).numpy()) <= 1e-6
+    model.get_layer("b.BatchNorm").moving_variance.assign([4.0, 3.0, 2.0, 1.0])  # Seen next time.
