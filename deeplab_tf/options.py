@@ -515,6 +515,8 @@ class EvalOptions(_JsonOptions):
       windows, overlapping by `sliding_window_overlap`, probabilities averaged where they overlap);
       when False such an image is an error, as the crop must cover the largest image in the original.
     sliding_window_overlap: minimum fraction in [0, 1) of a window shared with its neighbour.
+    jit_compile: compile the network with XLA (one compilation per input size: for fixed-size inputs,
+      e.g. with `eval_crop_size`, or on TPUs).
   """
 
   eval_crop_size: Optional[Tuple[int, int]] = None
@@ -522,6 +524,7 @@ class EvalOptions(_JsonOptions):
   add_flipped_images: bool = False
   sliding_window: bool = False
   sliding_window_overlap: float = 1.0 / 3.0
+  jit_compile: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "eval_crop_size", _as_tuple(self.eval_crop_size))

@@ -26,6 +26,8 @@ flags.DEFINE_string("dataset", "pascal_voc_seg", "Dataset name (pascal_voc_seg, 
                     "path of a dataset descriptor JSON.")
 flags.DEFINE_string("dataset_dir", None, "Folder of the TFRecord shards {split}-*.tfrecord.")
 flags.DEFINE_multi_float("eval_scales", [1.0], "Scales whose softmax probabilities are averaged.")
+flags.DEFINE_boolean("jit_compile", False, "Compile with XLA: the training step (forward, loss, gradients) "
+                     "in deeplab_train; the network in deeplab_eval, deeplab_vis and deeplab_predict.")
 flags.DEFINE_boolean("add_flipped_images", False, "Also average over left-right flipped images.")
 flags.DEFINE_boolean("sliding_window", False, "Predict images larger than the eval crop window by window.")
 flags.DEFINE_float("sliding_window_overlap", 1.0 / 3.0, "Minimum overlap fraction of sliding windows.")
@@ -72,7 +74,7 @@ def resize_from_flags() -> dict:
 def eval_options_from_flags(crop_size: Optional[Tuple[int, int]]) -> EvalOptions:
   return EvalOptions(eval_crop_size=crop_size, eval_scales=tuple(FLAGS.eval_scales),
                      add_flipped_images=FLAGS.add_flipped_images, sliding_window=FLAGS.sliding_window,
-                     sliding_window_overlap=FLAGS.sliding_window_overlap)
+                     sliding_window_overlap=FLAGS.sliding_window_overlap, jit_compile=FLAGS.jit_compile)
 
 
 def crf_options_from_flags() -> Optional[CrfOptions]:

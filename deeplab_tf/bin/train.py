@@ -75,8 +75,6 @@ flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "m
                   "Keras dtype policy.")
 flags.DEFINE_integer("steps_per_loop", 1, "Optimizer steps per tf.function call: the host reads the "
                      "loss (logs, summaries, NaN check) only every this many steps.")
-flags.DEFINE_boolean("jit_compile", False, "Compile the training step (forward, loss, gradients) with "
-                     "XLA.")
 flags.DEFINE_boolean("sync_batch_norm", False, "Synchronise BN statistics across replicas.")
 flags.DEFINE_string("validation_split", None, "Also compute mIoU on this split (e.g. val) after every "
                     "checkpoint, written to TensorBoard as validation/miou (not in research/deeplab, "

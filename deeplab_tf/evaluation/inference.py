@@ -61,7 +61,7 @@ _MAX_OUTPUT_STRIDE = 32
 _COMPILED_NETWORKS = weakref.WeakKeyDictionary()
 
 
-def compiled_network(network):
+def compiled_network(network, jit_compile: bool = False):
   """`images -> network(images, training=False)` as a `tf.function` cached per network.
 
   Every prediction goes through it, so eval, vis, the demo and `predict_*` run the network as one
@@ -71,18 +71,18 @@ def compiled_network(network):
   shape the function is traced once more with relaxed (unknown) dimensions that serve every later
   size (`reduce_retracing`). For debugging, `tf.config.run_functions_eagerly(True)` runs it eagerly.
   Inside another `tf.function` (the export) it is inlined. Objects that cannot be weakly referenced
-  are called directly.
+  are called directly. With `jit_compile` the function is compiled by XLA (`tf.function(
+  jit_compile=True)`, one compilation per input shape), cached beside the plain one.
   """
   try:
-    return _COMPILED_NETWORKS[network]
-  except KeyError:
-    pass
+    cache = _COMPILED_NETWORKS.setdefault(network, {})
   except TypeError:
     return lambda images: network(images, training=False)
-  folded = fold_batch_norm(network, live=True)  # Shares the layers; does not refer to `network`.
-  function = tf.function(lambda images: folded(images, training=False), reduce_retracing=True)
-  _COMPILED_NETWORKS[network] = function
-  return function
+  if jit_compile not in cache:
+    folded = fold_batch_norm(network, live=True)  # Shares the layers; does not refer to `network`.
+    cache[jit_compile] = tf.function(lambda images: folded(images, training=False),
+                                     reduce_retracing=True, jit_compile=jit_compile)
+  return cache[jit_compile]
 
 
 def model_mean_pixel(model) -> tuple:
@@ -240,18 +240,19 @@ def network_at_scale(network, scale: float):
   return _cached(network, float(scale), build)
 
 
-def _scale_logits(network, images, scale: float, stride: int):
+def _scale_logits(network, images, scale: float, stride: int, jit_compile: bool = False):
   """research/deeplab `multi_scale_logits(images, image_pyramid=[scale])`: float32 logits at
   `scale_dimension(size, max(1, scale) / stride)` pixels for `[b, h, w, 3]` float32 images."""
   size = tf.shape(images)[1:3]
   if scale != 1.0:
     images = resize_bilinear_align_corners(images, scale_dimension(size, scale))
-  logits = compiled_network(network_at_scale(network, scale))(_model_input(network, images))
+  logits = compiled_network(network_at_scale(network, scale), jit_compile)(_model_input(network, images))
   return resize_bilinear_align_corners(tf.cast(logits, tf.float32),
                                        scale_dimension(size, max(1.0, scale) / stride))
 
 
-def _multi_scale_probabilities(model, images, scales: Sequence[float], add_flipped_images: bool):
+def _multi_scale_probabilities(model, images, scales: Sequence[float], add_flipped_images: bool,
+                               jit_compile: bool = False):
   """Mean softmax over scales (and flips) of float32 images `[b, h, w, 3]` -> `[b, h, w, classes]`."""
   network = low_resolution_logits_model(model)
   stride = logits_output_stride(network)
@@ -260,7 +261,7 @@ def _multi_scale_probabilities(model, images, scales: Sequence[float], add_flipp
   count = 0
   for scale in scales:
     batch = tf.concat([images, tf.reverse(images, [2])], axis=0) if add_flipped_images else images
-    logits = _scale_logits(network, batch, scale, stride)
+    logits = _scale_logits(network, batch, scale, stride, jit_compile)
     if add_flipped_images:
       plain, flipped = tf.split(logits, 2, axis=0)
       logits = tf.concat([plain, tf.reverse(flipped, [2])], axis=0)
@@ -287,7 +288,7 @@ def _sliding_window_probabilities(model, images, eval_options: EvalOptions, mean
       win_h, win_w = int(window.shape[1]), int(window.shape[2])
       probabilities = _multi_scale_probabilities(
           model, pad_to_size(window, (crop_h, crop_w), mean_pixel), eval_options.eval_scales,
-          eval_options.add_flipped_images)[:, :win_h, :win_w].numpy()
+          eval_options.add_flipped_images, eval_options.jit_compile)[:, :win_h, :win_w].numpy()
       if total is None:
         total = np.zeros((probabilities.shape[0], height, width, probabilities.shape[-1]), np.float32)
       total[:, top:top + win_h, left:left + win_w] += probabilities
@@ -305,8 +306,8 @@ def predict_probabilities(model, images, eval_options: Optional[EvalOptions] = N
   Args:
     model: a `build_deeplab` model (or any Keras model from `[b, h, w, 3]` images to logits).
     images: `[batch, height, width, 3]` RGB in [0, 255], float32 or uint8 (numpy or tensor).
-    eval_options: scales, flipping, eval crop and sliding window; None means single scale, no flip,
-      no padding.
+    eval_options: scales, flipping, eval crop, sliding window and XLA (`jit_compile`); None means
+      single scale, no flip, no padding, no XLA.
     mean_pixel: RGB padding value; None takes the model's (127.5, or the ImageNet mean RGB for plain
       ResNets).
 
@@ -326,7 +327,7 @@ def predict_probabilities(model, images, eval_options: Optional[EvalOptions] = N
   crop = eval_options.eval_crop_size
   if crop is None:
     return _multi_scale_probabilities(model, images, eval_options.eval_scales,
-                                      eval_options.add_flipped_images)
+                                      eval_options.add_flipped_images, eval_options.jit_compile)
   height, width = images.shape[1], images.shape[2]
   if height is not None and width is not None and (height > crop[0] or width > crop[1]):
     if not eval_options.sliding_window:
@@ -337,7 +338,8 @@ def predict_probabilities(model, images, eval_options: Optional[EvalOptions] = N
     return _sliding_window_probabilities(model, images, eval_options, mean_pixel)
   size = tf.shape(images)[1:3]
   probabilities = _multi_scale_probabilities(model, pad_to_size(images, crop, mean_pixel),
-                                             eval_options.eval_scales, eval_options.add_flipped_images)
+                                             eval_options.eval_scales, eval_options.add_flipped_images,
+                                             eval_options.jit_compile)
   return probabilities[:, :size[0], :size[1]]
 
 
