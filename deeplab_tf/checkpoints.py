@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_tf.io_utils import atomic_output, isdir, local_scratch_dir
+from deeplab_tf.model.deeplab import get_extra_layer_scopes
 from deeplab_tf.model.layers import layer_name_to_scope
 
 # Keras weight name -> slim variable name (the weight's last path component).
@@ -44,11 +45,6 @@ _WEIGHT_NAMES = {
     "depthwise_kernel": "depthwise_weights",
     "pointwise_kernel": "pointwise_weights",
 }
-
-# research/deeplab `model.get_extra_layer_scopes`: the scopes that `initialize_last_layer=False`
-# leaves out, logits only or the whole head (excluded by name prefix, as slim.get_variables does).
-LOGITS_SCOPES = ("logits",)
-HEAD_SCOPES = ("logits", "image_pooling", "aspp", "concat_projection", "decoder", "meta_architecture")
 
 # Checkpoint variables that are training state, not model weights.
 _BOOKKEEPING = re.compile(
@@ -208,7 +204,8 @@ def load_tf1_checkpoint(model: keras.Model, checkpoint_path: str, initialize_las
   """
   skipped_scopes: Tuple[str, ...] = ()
   if not initialize_last_layer:
-    skipped_scopes = LOGITS_SCOPES if last_layers_contain_logits_only else HEAD_SCOPES
+    # Excluded by name prefix, as slim.get_variables_to_restore(exclude=...) does.
+    skipped_scopes = get_extra_layer_scopes(last_layers_contain_logits_only)
   weights = model_weights_by_checkpoint_name(model)
   with resolve_tf1_checkpoint(checkpoint_path) as prefix:
     # The prefix is resolved already: read it directly (tf.train.load_checkpoint would first ask whether

@@ -16,6 +16,15 @@ from deeplab_tf.model.encoders import get_encoder
 from deeplab_tf.options import ModelOptions
 
 LOGITS_SCOPE = "logits/semantic"
+# research/deeplab `model.get_extra_layer_scopes`: the scopes of the "last layers", which fine-tuning
+# leaves out of `initialize_last_layer=False` and trains with `last_layer_gradient_multiplier`; the
+# Dense Prediction Cell's `meta_architecture` is head like ASPP.
+EXTRA_LAYER_SCOPES = ("logits", "image_pooling", "aspp", "concat_projection", "decoder", "meta_architecture")
+
+
+def get_extra_layer_scopes(last_layers_contain_logits_only: bool = False) -> tuple:
+  """The "last layers": `("logits",)` when `last_layers_contain_logits_only`, else the whole head."""
+  return EXTRA_LAYER_SCOPES[:1] if last_layers_contain_logits_only else EXTRA_LAYER_SCOPES
 
 
 def build_logits(features, options: ModelOptions):

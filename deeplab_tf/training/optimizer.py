@@ -8,19 +8,16 @@ wraps the optimizer in Keras' dynamic loss scaling.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
 import keras
 
+from deeplab_tf.model.deeplab import get_extra_layer_scopes
 from deeplab_tf.model.layers import layer_name_to_scope
 from deeplab_tf.options import TrainOptions
 from deeplab_tf.training.batch_norm import all_layers
 from deeplab_tf.training.schedules import learning_rate_schedule
 
-# research/deeplab `model.get_extra_layer_scopes`: what "last layers" means for fine-tuning.
-LOGITS_SCOPE = "logits"
-EXTRA_LAYER_SCOPES = (LOGITS_SCOPE, "image_pooling", "aspp", "concat_projection", "decoder",
-                      "meta_architecture")
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")
@@ -52,11 +49,6 @@ def build_optimizer(options: TrainOptions) -> keras.optimizers.Optimizer:
   return optimizer
 
 
-def last_layer_scopes(last_layers_contain_logits_only: bool) -> Tuple[str, ...]:
-  """The scopes of the "last layers" (`model.get_extra_layer_scopes`)."""
-  return (LOGITS_SCOPE,) if last_layers_contain_logits_only else EXTRA_LAYER_SCOPES
-
-
 def _is_last_layer(layer_name: str, scopes: Sequence[str]) -> bool:
   # The original matches scope names as substrings of variable names.
   scope = layer_name_to_scope(layer_name)
@@ -65,7 +57,7 @@ def _is_last_layer(layer_name: str, scopes: Sequence[str]) -> bool:
 
 def last_layer_variables(model: keras.Model, last_layers_contain_logits_only: bool) -> List:
   """Every weight of the last layers (trainable or not)."""
-  scopes = last_layer_scopes(last_layers_contain_logits_only)
+  scopes = get_extra_layer_scopes(last_layers_contain_logits_only)
   return [v for layer in all_layers(model) if _is_last_layer(layer.name, scopes)
           for v in layer.weights]
 
@@ -76,7 +68,7 @@ def gradient_multipliers(model: keras.Model, options: TrainOptions) -> List[floa
   Biases get 2, last-layer variables `last_layer_gradient_multiplier` and last-layer biases twice
   that; everything else 1.
   """
-  scopes = last_layer_scopes(options.initialization.last_layers_contain_logits_only)
+  scopes = get_extra_layer_scopes(options.initialization.last_layers_contain_logits_only)
   by_id = {}
   for layer in all_layers(model):
     bias = getattr(layer, "bias", None)
