@@ -30,8 +30,8 @@ def voc_crops(count, size, num_classes, seed):
   return images, np.digitize(images.mean(-1), BANDS[num_classes]).astype(np.int32)
 
 
-def train_small_model(options, size=(65, 65), count=64, epochs=6, seed=0):
-  """`build_deeplab(options)` after `epochs` passes over `count` crops, batch 8 (48 steps by default).
+def train_small_model(options, size=(65, 65), count=64, epochs=12, seed=0):
+  """`build_deeplab(options)` after `epochs` passes over `count` crops, batch 8 (96 steps by default).
 
   BatchNorm momentum is 0.5 so that the moving statistics follow these few steps (the original's
   decay would leave them at their initial values).
