@@ -92,39 +92,24 @@ def _ints(values, flag):
     raise ValueError(f"--{flag}={','.join(values)}: expected integers.") from None
 
 
+# Model flags whose string values are parsed into their ModelOptions field; every other field is set from
+# the flag of its own name, as the value absl parsed.
+_PARSED_FLAGS = ("decoder_output_stride", "image_pooling_crop_size", "image_pooling_stride")
+
+
 def model_options_from_flags() -> ModelOptions:
-  """`ModelOptions` from research/deeplab's model flags (raises ValueError naming a bad flag)."""
-  decoder_output_stride = _ints(FLAGS.decoder_output_stride, "decoder_output_stride")
-  return ModelOptions(
-      model_variant=FLAGS.model_variant,
-      num_classes=FLAGS.num_classes,
-      output_stride=FLAGS.output_stride,
-      atrous_rates=tuple(FLAGS.atrous_rates) if FLAGS.atrous_rates else None,
-      decoder_output_stride=decoder_output_stride,
-      multi_grid=tuple(FLAGS.multi_grid) if FLAGS.multi_grid else None,
-      aspp_with_separable_conv=FLAGS.aspp_with_separable_conv,
-      decoder_use_separable_conv=FLAGS.decoder_use_separable_conv,
-      add_image_level_feature=FLAGS.add_image_level_feature,
-      aspp_with_batch_norm=FLAGS.aspp_with_batch_norm,
-      depth_multiplier=FLAGS.depth_multiplier,
-      divisible_by=FLAGS.divisible_by,
-      image_pooling_crop_size=_ints(FLAGS.image_pooling_crop_size, "image_pooling_crop_size"),
-      image_pooling_stride=_ints(FLAGS.image_pooling_stride, "image_pooling_stride"),
-      dense_prediction_cell_config=(load_dense_prediction_cell_config(FLAGS.dense_prediction_cell_json)
-                                    if FLAGS.dense_prediction_cell_json else None),
-      nas_stem_output_num_conv_filters=FLAGS.nas_stem_output_num_conv_filters,
-      nas_use_classification_head=FLAGS.nas_use_classification_head,
-      nas_remove_os32_stride=FLAGS.nas_remove_os32_stride,
-      logits_kernel_size=FLAGS.logits_kernel_size,
-      prediction_with_upsampled_logits=FLAGS.prediction_with_upsampled_logits,
-      use_bounded_activation=FLAGS.use_bounded_activation,
-      aspp_with_concat_projection=FLAGS.aspp_with_concat_projection,
-      aspp_with_squeeze_and_excitation=FLAGS.aspp_with_squeeze_and_excitation,
-      aspp_convs_filters=FLAGS.aspp_convs_filters,
-      decoder_use_sum_merge=FLAGS.decoder_use_sum_merge,
-      decoder_filters=FLAGS.decoder_filters,
-      decoder_output_is_logits=FLAGS.decoder_output_is_logits,
-      image_se_uses_qsigmoid=FLAGS.image_se_uses_qsigmoid)
+  """`ModelOptions` from research/deeplab's model flags, field by field of the same name (raises
+  ValueError naming a bad flag)."""
+  values = {field.name: FLAGS[field.name].value for field in dataclasses.fields(ModelOptions)
+            if field.name in FLAGS}
+  for name in _PARSED_FLAGS:
+    values[name] = _ints(values[name], name)
+  values["atrous_rates"] = values["atrous_rates"] or None
+  values["multi_grid"] = values["multi_grid"] or None
+  if FLAGS.dense_prediction_cell_json:
+    values["dense_prediction_cell_config"] = load_dense_prediction_cell_config(
+        FLAGS.dense_prediction_cell_json)
+  return ModelOptions(**values)
 
 
 def override_model_options(options: ModelOptions) -> ModelOptions:
