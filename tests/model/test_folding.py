@@ -8,16 +8,21 @@ difference between our unfolded model and the original (2.5e-6, benchmarks/READM
 original's own oneDNN on/off runs (4e-6). 1e-5 of the largest logit is the reference case's bound.
 """
 
+import collections
 import os
 
 import keras
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.grappler import tf_optimizer
 
 import deeplab_tf
 import reference_case as rc
 from deeplab_tf.checkpoints import load_tf1_checkpoint, model_weights_by_checkpoint_name
 from deeplab_tf.model import layers
-from deeplab_tf.model.folding import FoldedBatchNorm, fold_batch_norm, foldable_pairs
+from deeplab_tf.model.folding import (BiasedAdd, FoldedBatchNorm, biases_after_add, fold_batch_norm,
+                                      foldable_pairs)
 
 
 def _relative_difference(a, b):
@@ -66,9 +71,17 @@ def test_xception_65_reference_case_folded(tmp_path):
   load_tf1_checkpoint(model, prefix)
   folded = fold_batch_norm(model)
   assert len(_bn_layers(model)) == 146 and _bn_layers(folded) == []
-  # Folding removes gamma, beta, mean and variance (4 per BN) and adds one bias per BN.
+  # The residual sums read by the next unit's ReLU and its shortcut (entry flow: conv shortcut, two
+  # folded inputs; middle flow: identity shortcut, one) take their inputs' biases; the exit flow's
+  # first sum is read by a ReLU only and keeps them.
+  moved = biases_after_add(model, foldable_pairs(model))
+  assert sorted(len(convs) for convs in moved.values()) == [1] * 16 + [2] * 3
+  assert all(".entry_flow." in add or ".middle_flow." in add for add in moved)
+  assert all(isinstance(folded.get_layer(add), BiasedAdd) for add in moved)
+  # Folding removes gamma, beta, mean and variance (4 per BN) and adds one bias per BN; each entry
+  # flow sum holds one bias for its two convolutions' (128 + 256 + 728 channels).
   assert model.count_params() - folded.count_params() == 3 * sum(
-      l.gamma.shape[0] for l in _bn_layers(model))
+      l.gamma.shape[0] for l in _bn_layers(model)) + 128 + 256 + 728
   x = np.load(os.path.join(case, "input.npy"))
   ours = model(x, training=False).numpy()
   ours_folded = folded(x, training=False).numpy()
@@ -103,3 +116,57 @@ def test_live_folding_shares_the_variables():
     assert _relative_difference(live(x, training=False).numpy(),
                                 model(x, training=False).numpy()) <= 1e-6
     model.get_layer("b.BatchNorm").moving_variance.assign([4.0, 3.0, 2.0, 1.0])  # Seen next time.
+
+
+def _grappler_op_counts(model, size):
+  """Op types of `model`'s inference graph after TF's grappler (as `tf.function` runs it on CPU)."""
+  function = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+      tf.TensorSpec([1, size, size, 3]))
+  graph_def = function.graph.as_graph_def()
+  for node in graph_def.node:
+    node.device = "/job:localhost/replica:0/task:0/device:CPU:0"
+  meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph_def, graph=function.graph)
+  meta_graph.collection_def["train_op"].node_list.value.extend(t.name for t in function.outputs)
+  config = config_pb2.ConfigProto()
+  config.graph_options.rewrite_options.min_graph_nodes = -1
+  return collections.Counter(node.op for node in tf_optimizer.OptimizeGraph(config, meta_graph).node)
+
+
+def test_folded_xception_keeps_grappler_fusions():
+  """The remapper fuses the folded convolutions' bias and ReLU (it rejected the whole graph before).
+
+  Before `BiasedAdd`, TF's remapper failed on Xception's residual sums ("Mutation::Apply error") and
+  left all 79 Conv2D + 147 BiasAdd + 82 Relu unfused: this counted 0 fused convolutions.
+  """
+  options = deeplab_tf.ModelOptions(model_variant="xception_65", num_classes=3, output_stride=16,
+                                    atrous_rates=(6, 12, 18), decoder_output_stride=4)
+  counts = _grappler_op_counts(fold_batch_norm(deeplab_tf.build_deeplab(options)), 65)
+  assert counts["_FusedConv2D"] >= 50, counts
+  assert counts["_FusedDepthwiseConv2dNative"] >= 60, counts
+
+
+def test_biases_move_after_a_sum_read_by_a_relu_and_more():
+  """Copy and live folding of Xception's residual pattern equal the model; the live one follows it."""
+  inputs = keras.Input((9, 9, 3), name="images")
+  a = layers.conv2d_same(inputs, 4, 1, 1, 1, "a", bn_params=layers.BatchNormParams(),
+                         activation=False)
+  b = layers.conv2d_same(inputs, 4, 3, 1, 1, "b", bn_params=layers.BatchNormParams(),
+                         activation=False)
+  total = keras.layers.Add(name="sum")([a, b])
+  shortcut = keras.layers.Conv2D(4, 1, name="c")(total)
+  model = keras.Model(inputs, keras.layers.Add(name="out")([layers.relu(total, "r"), shortcut]))
+  rng = np.random.default_rng(4)
+  for layer in model.layers:
+    layer.set_weights([rng.uniform(0.5, 2.0, w.shape) for w in layer.weights])
+  assert biases_after_add(model, foldable_pairs(model)) == {"sum": ["a", "b"]}
+  folded = fold_batch_norm(model)
+  assert not folded.get_layer("a").use_bias and not folded.get_layer("b").use_bias
+  live = fold_batch_norm(model, live=True)
+  x = rng.uniform(0, 255, (1, 9, 9, 3)).astype(np.float32)
+  expected = model(x, training=False).numpy()
+  assert _relative_difference(folded(x, training=False).numpy(), expected) <= 1e-6
+  assert _relative_difference(live(x, training=False).numpy(), expected) <= 1e-6
+  model.get_layer("a.BatchNorm").moving_mean.assign([40.0, -30.0, 20.0, 10.0])
+  changed = model(x, training=False).numpy()
+  assert _relative_difference(changed, expected) > 1e-3
+  assert _relative_difference(live(x, training=False).numpy(), changed) <= 1e-6
