@@ -20,7 +20,7 @@ from tensorflow.python.grappler import tf_optimizer
 import deeplab_tf
 import reference_case as rc
 from deeplab_tf.checkpoints import load_tf1_checkpoint, model_weights_by_checkpoint_name
-from deeplab_tf.model import layers
+from deeplab_tf.model import folding, layers
 from deeplab_tf.model.folding import (BiasedAdd, FoldedBatchNorm, biases_after_add, fold_batch_norm,
                                       foldable_pairs)
 
@@ -170,3 +170,33 @@ def test_biases_move_after_a_sum_read_by_a_relu_and_more():
   changed = model(x, training=False).numpy()
   assert _relative_difference(changed, expected) > 1e-3
   assert _relative_difference(live(x, training=False).numpy(), changed) <= 1e-6
+
+
+def test_mixed_precision_copy_stores_weights_in_bfloat16(monkeypatch):
+  """A mixed_bfloat16 model's folded copy keeps bfloat16 weights: no weight Cast per call, same values."""
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    model = deeplab_tf.build_deeplab(deeplab_tf.ModelOptions(**rc.VARIANT_CASES["mobilenet_v2"][0]))
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  for name, variable in model_weights_by_checkpoint_name(model).items():
+    variable.assign(rc.det_value(name, variable.shape))
+  folded = fold_batch_norm(model)
+  bfloat16_layers = [l for l in folded.layers if l.weights and l.compute_dtype == "bfloat16"]
+  assert len(bfloat16_layers) > 50
+  assert all(w.dtype == "bfloat16" for l in bfloat16_layers for w in l.weights)
+  assert folded.get_layer("upsample_logits").compute_dtype == "float32"  # float32 layers stay so.
+  x = np.random.default_rng(0).uniform(0, 255, (1, 65, 65, 3)).astype(np.float32)
+  graph = tf.function(lambda a: folded(a, training=False)).get_concrete_function(
+      tf.TensorSpec(x.shape)).graph
+  weight_casts = [op for op in graph.get_operations()
+                  if op.type == "Cast" and op.inputs[0].op.type == "ReadVariableOp"]
+  assert weight_casts == []
+  # The same numbers as a copy keeping the mixed policy (float32 weights rounded at each call):
+  # rounding a float32 weight to bfloat16 once or at every call gives the same bfloat16 value.
+  ours = folded(x, training=False).numpy()
+  assert ours.dtype == np.float32
+  monkeypatch.setattr(folding, "_weights_in_compute_dtype", lambda policy: policy)
+  mixed = fold_batch_norm(model)
+  assert mixed.get_layer("MobilenetV2.Conv").kernel.dtype == "float32"
+  np.testing.assert_array_equal(ours, mixed(x, training=False).numpy())
