@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from deeplab_tf import io_utils
-from deeplab_tf.model.deeplab import build_deeplab
+from deeplab_tf.model.deeplab import build_deeplab, global_dtype_policy
 from deeplab_tf.options import ModelOptions
 
 MODEL_OPTIONS_FILENAME = "model_options.json"
@@ -68,21 +68,25 @@ def resolve_checkpoint(path: str) -> str:
   return path
 
 
-def load_model(path: str, options: Optional[ModelOptions] = None,
-               input_dtype: str = "float32") -> Tuple[keras.Model, ModelOptions]:
+def load_model(path: str, options: Optional[ModelOptions] = None, input_dtype: str = "float32",
+               mixed_precision: str = "float32") -> Tuple[keras.Model, ModelOptions]:
   """Rebuilds a DeepLab model and restores its weights.
 
   Args:
     path: a training log directory (latest `ckpt-N`), a TF2 checkpoint prefix, or a `.keras` file.
     options: the architecture; by default read from `model_options.json` beside the checkpoint.
     input_dtype: input dtype of the rebuilt model ('float32' or 'uint8'); ignored for `.keras` files.
+    mixed_precision: Keras dtype policy of the rebuilt model: 'float32', or 'mixed_bfloat16' /
+      'mixed_float16' (float32 weights as in the checkpoint, 16-bit activations; float32 logits);
+      ignored for `.keras` files, which keep the policies they were saved with.
 
   Returns:
     `(model, options)`.
 
   Raises:
     FileNotFoundError: nothing loadable at `path`.
-    ValueError: the checkpoint does not fit the model (e.g. another num_classes).
+    ValueError: the checkpoint does not fit the model (e.g. another num_classes), or an unknown
+      `mixed_precision`.
   """
   if path.endswith(".keras"):
     if not tf.io.gfile.exists(path):
@@ -94,7 +98,8 @@ def load_model(path: str, options: Optional[ModelOptions] = None,
   prefix = resolve_checkpoint(path)
   if options is None:
     options = load_model_options(path if io_utils.isdir(path) else prefix)
-  model = build_deeplab(options, input_dtype=input_dtype)
+  with global_dtype_policy(mixed_precision):
+    model = build_deeplab(options, input_dtype=input_dtype)
   status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
   try:
     status.assert_existing_objects_matched()

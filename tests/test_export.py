@@ -133,3 +133,23 @@ def test_export_resizes_into_the_range_and_predicts_at_the_image_size(tmp_path):
   np.testing.assert_array_equal(out["semantic_predictions"].numpy()[0][clear], labels[0, ..., 0][clear])
   with pytest.raises(ValueError, match="--max_resize_value=40 needs --min_resize_value"):
     export_saved_model(model, str(tmp_path / "bad"), OPTIONS, resize=dict(max_resize_value=40))
+
+
+def test_mixed_bfloat16_export_stores_bfloat16_weights(tmp_path):
+  """A mixed_bfloat16 model (--mixed_precision) exports folded bfloat16 weights and serves float32."""
+  from deeplab_tf.model.deeplab import global_dtype_policy  # pylint: disable=import-outside-toplevel
+  with global_dtype_policy("mixed_bfloat16"):
+    model = build_deeplab(OPTIONS)
+  export_dir = str(tmp_path / "export")
+  export_saved_model(model, export_dir, OPTIONS)
+  dtypes = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables")
+                                    ).get_variable_to_dtype_map()
+  kernels = {name: dtype for name, dtype in dtypes.items() if "kernel" in name}
+  # Every convolution but the logits one, which is float32 in the mixed model too.
+  assert list(kernels.values()).count(tf.float32) == 1 and len(kernels) > 50, kernels
+  loaded = tf.saved_model.load(export_dir)
+  photo = np.array(Image.open(PHOTO).convert("RGB"))[100:149, 200:265]
+  out = loaded.signatures["serving_default"](image_bytes=tf.constant([_encode(photo, "PNG")]))
+  assert out["probabilities"].dtype == tf.float32 and tuple(out["probabilities"].shape) == (1, 49, 65, 4)
+  np.testing.assert_allclose(out["probabilities"].numpy().sum(-1), 1.0, atol=1e-5)
+  assert tuple(out["semantic_predictions"].shape) == (1, 49, 65)

@@ -28,6 +28,11 @@ flags.DEFINE_string("dataset_dir", None, "Folder of the TFRecord shards {split}-
 flags.DEFINE_multi_float("eval_scales", [1.0], "Scales whose softmax probabilities are averaged.")
 flags.DEFINE_boolean("jit_compile", False, "Compile with XLA: the training step (forward, loss, gradients) "
                      "in deeplab_train; the network in deeplab_eval, deeplab_vis and deeplab_predict.")
+flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                  "Keras dtype policy of the network: in deeplab_train the training step's, in "
+                  "deeplab_eval, deeplab_vis, deeplab_predict and deeplab_export_model the prediction's "
+                  "(16-bit activations, float32 weights read from the checkpoint; the export stores "
+                  "them in 16 bits).")
 flags.DEFINE_boolean("add_flipped_images", False, "Also average over left-right flipped images.")
 flags.DEFINE_boolean("sliding_window", False, "Predict images larger than the eval crop window by window.")
 flags.DEFINE_float("sliding_window_overlap", 1.0 / 3.0, "Minimum overlap fraction of sliding windows.")
@@ -96,14 +101,16 @@ def checkpoint_from_flags() -> str:
 
 def load_model_from_flags(path: str):
   """`(model, model_options)` of a checkpoint: the options of --model_options_json, else those beside the
-  checkpoint, with the model flags given explicitly (e.g. --output_stride=8) in their place."""
+  checkpoint, with the model flags given explicitly (e.g. --output_stride=8) in their place; built
+  under --mixed_precision."""
   from deeplab_tf import io_utils, model_io  # pylint: disable=import-outside-toplevel
   if path.endswith(".keras"):
     return model_io.load_model(path, model_io.load_model_options(FLAGS.model_options_json)
                                if FLAGS.model_options_json else None)
   options = model_io.load_model_options(FLAGS.model_options_json or (
       path if io_utils.isdir(path) else model_io.resolve_checkpoint(path)))
-  return model_io.load_model(path, model_flags.override_model_options(options))
+  return model_io.load_model(path, model_flags.override_model_options(options),
+                             mixed_precision=FLAGS.mixed_precision)
 
 
 def iterate_checkpoints(max_number: int) -> Iterator[str]:

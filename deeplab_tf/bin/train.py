@@ -71,8 +71,6 @@ flags.DEFINE_string("tf_initial_checkpoint", None, "Start from: .keras/.weights.
 flags.DEFINE_enum("strategy", "default", list(strategy_lib.STRATEGIES), "tf.distribute strategy.")
 flags.DEFINE_integer("num_gpus", 0, "mirrored: GPUs to use (0 = all visible).")
 flags.DEFINE_string("tpu", None, "tpu: TPU name, grpc:// address or 'local'.")
-flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
-                  "Keras dtype policy.")
 flags.DEFINE_integer("steps_per_loop", 1, "Optimizer steps per tf.function call: the host reads the "
                      "loss (logs, summaries, NaN check) only every this many steps.")
 flags.DEFINE_boolean("sync_batch_norm", False, "Synchronise BN statistics across replicas.")

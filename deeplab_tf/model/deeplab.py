@@ -6,6 +6,8 @@ research/deeplab `model.py` (`multi_scale_logits` at a single scale, `_get_logit
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 
 from deeplab_tf.model import layers
@@ -60,6 +62,28 @@ def build_logits(features, options: ModelOptions):
   if len(branches) == 1:
     return branches[0]
   return keras.layers.Add(name="logits.sum", dtype="float32")(branches)
+
+
+MIXED_PRECISION_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@contextlib.contextmanager
+def global_dtype_policy(name: str):
+  """Layers built inside use Keras dtype policy `name` ('float32', 'mixed_bfloat16', 'mixed_float16').
+
+  Keras layers take the global policy when constructed; this sets it and restores the previous one.
+
+  Raises:
+    ValueError: `name` is not one of `MIXED_PRECISION_POLICIES`.
+  """
+  if name not in MIXED_PRECISION_POLICIES:
+    raise ValueError(f"mixed_precision={name!r}: expected one of {', '.join(MIXED_PRECISION_POLICIES)}.")
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(name)
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
 
 
 def build_deeplab(options: ModelOptions, input_shape=(None, None, 3), input_dtype: str = "float32",

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_tf import model_io
-from deeplab_tf.model.deeplab import build_deeplab
+from deeplab_tf.model.deeplab import build_deeplab, global_dtype_policy
 from deeplab_tf.model.layers import mean_pixel_for_preprocessing
 from deeplab_tf.options import ModelOptions, TrainOptions
 from deeplab_tf.training import callbacks as callbacks_lib
@@ -107,15 +107,11 @@ def _check_options(model_options: ModelOptions, train_options: TrainOptions, num
 
 def _build_model(model_options, train_options, model_fn):
   """Builds the model under the mixed-precision policy, restoring the global policy afterwards."""
-  previous = keras.mixed_precision.global_policy()
-  keras.mixed_precision.set_global_policy(train_options.execution.mixed_precision)
-  try:
+  with global_dtype_policy(train_options.execution.mixed_precision):
     if model_fn is not None:
       return model_fn(model_options)
     crop = tuple(train_options.augmentation.train_crop_size)
     return build_deeplab(model_options, input_shape=crop + (3,))
-  finally:
-    keras.mixed_precision.set_global_policy(previous)
 
 
 def _build_training_state(strategy, model_options, train_options, model_fn):

@@ -198,3 +198,31 @@ def test_vis_in_batches_writes_the_same_pictures(setup):
                                   expected)
     palette = np.array(Image.open(results / f"{i:06d}_prediction.png").getpalette()[:6]).reshape(2, 3)
     np.testing.assert_array_equal(palette, [[128, 64, 128], [244, 35, 232]])  # Cityscapes road, sidewalk
+
+
+def test_eval_binary_predicts_in_mixed_bfloat16(setup, monkeypatch):
+  """--mixed_precision=mixed_bfloat16 builds the network with bfloat16 activations, float32 weights."""
+  root, model, examples = setup
+  from deeplab_tf import model_io  # pylint: disable=import-outside-toplevel
+  loaded = []
+  load_model = model_io.load_model
+  monkeypatch.setattr(model_io, "load_model", lambda *a, **k: loaded.append(load_model(*a, **k)) or loaded[-1])
+  with flagsaver.flagsaver(checkpoint_dir=str(root / "train"), eval_logdir=str(root / "eval_bf16"),
+                           dataset=str(root / "tiny.json"), dataset_dir=str(root), eval_split="val",
+                           eval_crop_size=["33", "41"], max_number_of_evaluations=1,
+                           mixed_precision="mixed_bfloat16"):
+    eval_bin.main([])
+  bf16_model = loaded[0][0]
+  conv = bf16_model.get_layer("MobilenetV2.Conv")
+  assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
+  np.testing.assert_array_equal(conv.kernel.numpy(), model.get_layer("MobilenetV2.Conv").kernel.numpy())
+  result = json.loads((root / "eval_bf16" / "eval_ckpt-1.json").read_text())
+  assert result["num_pixels"] == (33 - 3) * 41 + (29 - 3) * 33
+  # The predictions run in bfloat16 and come back as float32 probabilities. (Their agreement with
+  # float32 needs a trained model's margins: benchmarks/bf16_agreement.py, 99.22% on the demo model.)
+  image = examples[0][1][None]
+  probabilities = inference.predict_probabilities(bf16_model, image, EvalOptions(eval_crop_size=CROP))
+  assert probabilities.dtype == tf.float32 and tuple(probabilities.shape) == image.shape[:3] + (3,)
+  network = inference.low_resolution_logits_model(bf16_model)
+  graph = inference.compiled_network(network).get_concrete_function(tf.TensorSpec((1, 33, 41, 3))).graph
+  assert any(op.type == "Conv2D" and op.outputs[0].dtype == tf.bfloat16 for op in graph.get_operations())
