@@ -53,7 +53,9 @@ def main(argv):
   if not FLAGS.export_path:
     raise ValueError("--export_path is required: the model base path (saved_model) or the .tflite file.")
   crop_size = eval_common.parse_crop_size(FLAGS.crop_size, "crop_size")
-  model, model_options = eval_common.load_model_from_flags(eval_common.checkpoint_from_flags())
+  # Unfolded: export_saved_model folds itself, and TFLite's converter folds for its quantisation.
+  model, model_options = eval_common.load_model_from_flags(eval_common.checkpoint_from_flags(),
+                                                           fold_batch_norm=False)
   if FLAGS.format == "tflite":
     size = crop_size or DEFAULT_TFLITE_SIZE
     if FLAGS.inference_scales != [1.0] or FLAGS.add_flipped_images:
