@@ -118,7 +118,8 @@ def model_runner(args):
     from deeplab_tf.model import layers  # pylint: disable=g-import-not-at-top
     layers.POINTWISE_AS_MATMUL_IN_TRAINING = args["pointwise_as_matmul"]
   model = builder(crop)
-  if candidate == "deeplab_tf_folded":
+  if candidate in ("deeplab_tf_folded", "deeplab_tf_binaries"):
+    # The eval/vis/predict binaries' model (load_model_from_flags) and the export's.
     from deeplab_tf.model.folding import fold_batch_norm  # pylint: disable=g-import-not-at-top
     model = fold_batch_norm(model)
   rng = np.random.default_rng(0)
@@ -130,7 +131,7 @@ def model_runner(args):
     macs = multiply_adds(function.get_concrete_function(spec))
     if candidate == "deeplab_tf_eager":
       return (lambda: _logits(model, images, False).numpy()), macs
-    if candidate == "deeplab_tf_predict":
+    if candidate in ("deeplab_tf_predict", "deeplab_tf_binaries"):
       from deeplab_tf.evaluation import inference  # pylint: disable=g-import-not-at-top
       return (lambda: inference.predict_labels(model, images).numpy()), macs
     return (lambda: function(images).numpy()), macs
