@@ -168,17 +168,15 @@ class DeepLabServingModule(tf.Module):
     bilinearly (align_corners).
     """
     if not (self._resize.get("min_resize_value") or self._resize.get("max_resize_value")):
-      probabilities = inference.predict_probabilities(self.model, images, self._eval_options,
-                                                      mean_pixel=self._mean_pixel)
-      return tf.argmax(probabilities, axis=-1, output_type=tf.int32), probabilities
+      return inference.predict_labels_and_probabilities(self.model, images, self._eval_options,
+                                                        mean_pixel=self._mean_pixel)
     size = tf.shape(images)[1:3]
     new_size = preprocess.resize_to_range_size(
         size[0], size[1], self._resize["min_resize_value"], self._resize.get("max_resize_value"),
         self._resize.get("resize_factor"), self._resize.get("keep_aspect_ratio", True))
     resized = resize_bilinear_align_corners(tf.cast(images, tf.float32), new_size)
-    probabilities = inference.predict_probabilities(self.model, resized, self._eval_options,
-                                                    mean_pixel=self._mean_pixel)
-    labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    labels, probabilities = inference.predict_labels_and_probabilities(
+        self.model, resized, self._eval_options, mean_pixel=self._mean_pixel)
     labels = resize_nearest_align_corners(labels[..., tf.newaxis], size)[..., 0]
     return labels, resize_bilinear_align_corners(probabilities, size)
 

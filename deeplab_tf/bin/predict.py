@@ -109,7 +109,8 @@ def _export_version_dir(path):
 
 
 def _predictor():
-  """(function uint8 [1, h, w, 3] -> float32 probabilities [1, h, w, classes], num_classes, what)."""
+  """(function uint8 [1, h, w, 3] -> (int32 labels [1, h, w], float32 probabilities [1, h, w, classes]),
+  num_classes, what)."""
   crop_size = eval_common.parse_crop_size(FLAGS.predict_crop_size, "predict_crop_size")
   if FLAGS.export_dir:
     if FLAGS.checkpoint_path or FLAGS.checkpoint_dir:
@@ -121,14 +122,16 @@ def _predictor():
     directory = _export_version_dir(FLAGS.export_dir)
     options = export.read_exported_model_options(directory)
     signature = tf.saved_model.load(directory).signatures[export.IMAGE_TENSOR_SIGNATURE]
-    return (lambda image: signature(image_tensor=tf.constant(image))["probabilities"]), \
-        options.num_classes, f"export {directory}"
+    def served(image):
+      outputs = signature(image_tensor=tf.constant(image))
+      return outputs["semantic_predictions"], outputs["probabilities"]
+    return served, options.num_classes, f"export {directory}"
   eval_options = eval_common.eval_options_from_flags(crop_size)
   checkpoint = eval_common.checkpoint_from_flags()
   model, options = eval_common.load_model_from_flags(checkpoint)
 
   def predict(image):
-    return inference.predict_probabilities(model, image, eval_options)
+    return inference.predict_labels_and_probabilities(model, image, eval_options)
 
   # Sliding windows run eagerly (they need static sizes); otherwise one compiled function for all sizes.
   function = predict if eval_options.sliding_window else tf.function(predict, reduce_retracing=True)
@@ -160,8 +163,8 @@ def main(argv):
       logging.error("%s: not readable as an image (%s); skipped.", path, e)
       failed.append(path)
       continue
-    probabilities = predict(image[np.newaxis]).numpy()[0]
-    labels = probabilities.argmax(-1).astype(np.uint8 if num_classes <= 256 else np.int32)
+    labels, probabilities = (t.numpy()[0] for t in predict(image[np.newaxis]))
+    labels = labels.astype(np.uint8 if num_classes <= 256 else np.int32)
     counts += np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
     visualization.save_label_png(labels, os.path.join(FLAGS.predict_logdir, "labels", stem + ".png"), colormap)
     visualization.save_image_png(visualization.overlay(image, labels, colormap, FLAGS.overlay_alpha),

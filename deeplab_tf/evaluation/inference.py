@@ -67,7 +67,10 @@ def compiled_network(network, jit_compile: bool = False):
   Every prediction goes through it, so eval, vis, the demo and `predict_*` run the network as one
   compiled graph instead of op by op (2.2x slower at 513x513), with each BatchNorm folded into its
   convolution from the live variables (`fold_batch_norm(live=True)`: the same function to float32
-  rounding, and it follows later changes of the weights). Retracing is bounded: after a second input
+  rounding, and it follows later changes of the weights; folding at each call costs ~7% of a float32
+  and ~20% of a bfloat16 Xception-65 call at 513x513, so the eval, vis and predict binaries, whose
+  weights do not change, pass `fold_batch_norm(model)`'s copy instead, in which nothing is left to
+  fold). Retracing is bounded: after a second input
   shape the function is traced once more with relaxed (unknown) dimensions that serve every later
   size (`reduce_retracing`). For debugging, `tf.config.run_functions_eagerly(True)` runs it eagerly.
   Inside another `tf.function` (the export) it is inlined. Objects that cannot be weakly referenced
@@ -252,11 +255,19 @@ def _scale_logits(network, images, scale: float, stride: int, jit_compile: bool 
 
 
 def _multi_scale_probabilities(model, images, scales: Sequence[float], add_flipped_images: bool,
-                               jit_compile: bool = False):
-  """Mean softmax over scales (and flips) of float32 images `[b, h, w, 3]` -> `[b, h, w, classes]`."""
+                               jit_compile: bool = False, scores: bool = False):
+  """Mean softmax over scales (and flips) of float32 images `[b, h, w, 3]` -> `[b, h, w, classes]`.
+
+  With `scores` and a single scale without flipping: the logits resized to the images instead, whose
+  argmax research/deeplab's `predict_labels` takes (softmax, which may round two close logits to
+  one probability, is then skipped).
+  """
   network = low_resolution_logits_model(model)
   stride = logits_output_stride(network)
   size = tf.shape(images)[1:3]
+  if scores and len(scales) == 1 and not add_flipped_images:
+    return resize_bilinear_align_corners(_scale_logits(network, images, scales[0], stride, jit_compile),
+                                         size)
   total = None
   count = 0
   for scale in scales:
@@ -318,7 +329,13 @@ def predict_probabilities(model, images, eval_options: Optional[EvalOptions] = N
     ValueError: if `images` is not `[batch, height, width, 3]`, or an image is larger than
       `eval_crop_size` while `sliding_window` is off.
   """
+  return _predict_scores(model, images, eval_options, mean_pixel, scores=False)[0]
+
+
+def _predict_scores(model, images, eval_options: Optional[EvalOptions], mean_pixel, scores: bool):
+  """(`predict_probabilities`, False); with `scores`, (logits, True) where one scale runs unflipped."""
   eval_options = eval_options or EvalOptions()
+  scores = scores and len(eval_options.eval_scales) == 1 and not eval_options.add_flipped_images
   images = tf.cast(tf.convert_to_tensor(images), tf.float32)
   if images.shape.rank != 4 or images.shape[-1] not in (3, None):
     raise ValueError(f"images must be [batch, height, width, 3] RGB, got shape {images.shape}.")
@@ -327,7 +344,8 @@ def predict_probabilities(model, images, eval_options: Optional[EvalOptions] = N
   crop = eval_options.eval_crop_size
   if crop is None:
     return _multi_scale_probabilities(model, images, eval_options.eval_scales,
-                                      eval_options.add_flipped_images, eval_options.jit_compile)
+                                      eval_options.add_flipped_images, eval_options.jit_compile,
+                                      scores), scores
   height, width = images.shape[1], images.shape[2]
   if height is not None and width is not None and (height > crop[0] or width > crop[1]):
     if not eval_options.sliding_window:
@@ -335,19 +353,33 @@ def predict_probabilities(model, images, eval_options: Optional[EvalOptions] = N
           f"image of {height}x{width} pixels is larger than eval_crop_size={crop[0]},{crop[1]}; use an "
           "eval crop at least as large as the largest image (output_stride * k + 1, e.g. 513,513 for "
           "VOC, 1025,2049 for Cityscapes) or turn on sliding_window.")
-    return _sliding_window_probabilities(model, images, eval_options, mean_pixel)
+    return _sliding_window_probabilities(model, images, eval_options, mean_pixel), False
   size = tf.shape(images)[1:3]
   probabilities = _multi_scale_probabilities(model, pad_to_size(images, crop, mean_pixel),
                                              eval_options.eval_scales, eval_options.add_flipped_images,
-                                             eval_options.jit_compile)
-  return probabilities[:, :size[0], :size[1]]
+                                             eval_options.jit_compile, scores)
+  return probabilities[:, :size[0], :size[1]], scores
 
 
 def predict_labels(model, images, eval_options: Optional[EvalOptions] = None, *,
                    mean_pixel: Optional[Sequence[float]] = None):
   """Argmax of `predict_probabilities`: int32 tensor `[batch, height, width]` of class ids.
 
+  At a single scale without flipping, the argmax of the logits resized to the images, as
+  research/deeplab `predict_labels` (`tf.argmax(logits, 3)` after `_resize_bilinear`); with several
+  scales or flips, of the mean probabilities, as its `predict_labels_multi_scale`. Same arguments and
+  errors as `predict_probabilities`.
+  """
+  return tf.argmax(_predict_scores(model, images, eval_options, mean_pixel, scores=True)[0], axis=-1,
+                   output_type=tf.int32)
+
+
+def predict_labels_and_probabilities(model, images, eval_options: Optional[EvalOptions] = None, *,
+                                     mean_pixel: Optional[Sequence[float]] = None):
+  """`(predict_labels(...), predict_probabilities(...))` from one run of the network (the export's).
+
   Same arguments and errors as `predict_probabilities`.
   """
-  probabilities = predict_probabilities(model, images, eval_options, mean_pixel=mean_pixel)
-  return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+  scores, are_logits = _predict_scores(model, images, eval_options, mean_pixel, scores=True)
+  labels = tf.argmax(scores, axis=-1, output_type=tf.int32)
+  return labels, (tf.nn.softmax(scores) if are_logits else scores)

@@ -208,3 +208,24 @@ def test_a_uint8_model_resizes_and_pads_float_images_as_the_original():
   assert expected.max() - expected.min() > 0.5  # the weights make the probabilities vary
   np.testing.assert_allclose(ours, expected, atol=1e-6)
   assert inference.low_resolution_logits_model(uint8_model).inputs[0].dtype == "float32"
+
+
+def test_single_scale_labels_are_the_argmax_of_the_logits_as_the_original():
+  """research/deeplab `predict_labels` takes tf.argmax(logits) at one scale; softmax could tie them.
+
+  Class 1's logit is 1e-8 above class 0's: float32 softmax rounds exp(-1e-8) to 1, so both
+  probabilities are exactly 0.5 and their argmax says class 0, while the logits say class 1.
+  """
+  model = _two_class_model(lambda x: tf.ones_like(x[..., :1]) * 1e-8)
+  image = _image([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])
+  probabilities = inference.predict_probabilities(model, image).numpy()
+  np.testing.assert_array_equal(probabilities, np.full((1, 2, 3, 2), 0.5, np.float32))
+  np.testing.assert_array_equal(inference.predict_labels(model, image).numpy(), np.ones((1, 2, 3)))
+  labels, both = inference.predict_labels_and_probabilities(model, image)
+  np.testing.assert_array_equal(labels.numpy(), np.ones((1, 2, 3)))
+  np.testing.assert_array_equal(both.numpy(), probabilities)
+  # Several scales or flips: the argmax of the mean probabilities, as `predict_labels_multi_scale`.
+  flipped = EvalOptions(add_flipped_images=True)
+  np.testing.assert_array_equal(inference.predict_labels(model, image, flipped).numpy(), np.zeros((1, 2, 3)))
+  np.testing.assert_array_equal(inference.predict_labels_and_probabilities(model, image, flipped)[0].numpy(),
+                                np.zeros((1, 2, 3)))
