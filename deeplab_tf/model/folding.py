@@ -17,7 +17,7 @@ then rejects the whole graph ("remapper failed: Mutation::Apply error: fanout ..
 node") and runs it with no fusion at all. Where an `Add`'s sum is read by a ReLU and by something else,
 the folded biases of its inputs move after the sum (`BiasedAdd`: `x + y + b`, the same function to
 float32 rounding), which the remapper leaves alone, so every other convolution keeps its fused bias and
-ReLU (Xception-65 at 513x513: 1.04x faster in float32, 1.13x in bfloat16, benchmarks/README.md).
+ReLU (Xception-65 at 513x513: 1.04x faster in float32, 1.10x in bfloat16, benchmarks/README.md).
 """
 
 from __future__ import annotations
