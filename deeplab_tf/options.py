@@ -12,6 +12,16 @@ import dataclasses
 import json
 from typing import Any, Optional, Tuple, TypeVar
 
+# Keras dtype policies of training and inference (`--mixed_precision`).
+MIXED_PRECISION_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def check_mixed_precision(name: str) -> None:
+  """Raises ValueError naming `name` unless it is one of `MIXED_PRECISION_POLICIES`."""
+  if name not in MIXED_PRECISION_POLICIES:
+    raise ValueError(f"mixed_precision={name!r}: expected one of {', '.join(MIXED_PRECISION_POLICIES)}.")
+
+
 T = TypeVar("T", bound="_JsonOptions")
 
 # Output strides the encoders support: research/deeplab uses 8, 16 (and 32 without atrous convolution).
@@ -405,9 +415,7 @@ class ExecutionOptions(_JsonOptions):
   seed: Optional[int] = None
 
   def __post_init__(self):
-    if self.mixed_precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
-      raise ValueError(f"mixed_precision={self.mixed_precision!r}: expected 'float32', "
-                       "'mixed_bfloat16' or 'mixed_float16'.")
+    check_mixed_precision(self.mixed_precision)
     if self.steps_per_loop < 1:
       raise ValueError(f"steps_per_loop={self.steps_per_loop}: expected at least 1.")
 

@@ -78,3 +78,22 @@ def test_a_filesystem_tensorflow_does_not_know_fails_loudly(tmp_path, monkeypatc
   with pytest.raises(tf.errors.UnimplementedError, match="nosuchfs"):
     model_io.load_model_options("nosuchfs://x/y")
   assert list(tmp_path.iterdir()) == []
+
+
+def test_load_model_builds_under_the_mixed_precision_policy_and_restores_the_global_one(tmp_path):
+  import keras  # pylint: disable=import-outside-toplevel
+  from deeplab_tf import ModelOptions, build_deeplab, model_io  # pylint: disable=import-outside-toplevel
+  from deeplab_tf.model.deeplab import global_dtype_policy  # pylint: disable=import-outside-toplevel
+  options = ModelOptions(model_variant="mobilenet_v2", num_classes=3, depth_multiplier=0.5)
+  model = build_deeplab(options)
+  model_io.save_model_options(str(tmp_path), options)
+  tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+  loaded, _ = model_io.load_model(str(tmp_path), mixed_precision="mixed_bfloat16")
+  conv = loaded.get_layer("MobilenetV2.Conv")
+  assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
+  np.testing.assert_array_equal(conv.kernel.numpy(), model.get_layer("MobilenetV2.Conv").kernel.numpy())
+  assert keras.mixed_precision.global_policy().name == "float32"
+  with pytest.raises(ValueError, match="mixed_precision='bfloat16': expected one of float32"):
+    with global_dtype_policy("bfloat16"):
+      pass
+  assert keras.mixed_precision.global_policy().name == "float32"

@@ -14,7 +14,7 @@ from absl import flags
 
 from deeplab_tf.bin import model_flags
 from deeplab_tf.evaluation.crf import CrfOptions
-from deeplab_tf.options import EvalOptions
+from deeplab_tf.options import MIXED_PRECISION_POLICIES, EvalOptions
 
 FLAGS = flags.FLAGS
 
@@ -28,7 +28,7 @@ flags.DEFINE_string("dataset_dir", None, "Folder of the TFRecord shards {split}-
 flags.DEFINE_multi_float("eval_scales", [1.0], "Scales whose softmax probabilities are averaged.")
 flags.DEFINE_boolean("jit_compile", False, "Compile with XLA: the training step (forward, loss, gradients) "
                      "in deeplab_train; the network in deeplab_eval, deeplab_vis and deeplab_predict.")
-flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+flags.DEFINE_enum("mixed_precision", "float32", list(MIXED_PRECISION_POLICIES),
                   "Keras dtype policy of the network: in deeplab_train the training step's, in "
                   "deeplab_eval, deeplab_vis, deeplab_predict and deeplab_export_model the prediction's "
                   "(16-bit activations, float32 weights read from the checkpoint; the export stores "

@@ -15,7 +15,7 @@ from deeplab_tf.model.aspp import build_aspp
 from deeplab_tf.model.decoder import build_decoder
 from deeplab_tf.model.dense_prediction_cell import build_dense_prediction_cell
 from deeplab_tf.model.encoders import get_encoder
-from deeplab_tf.options import ModelOptions
+from deeplab_tf.options import ModelOptions, check_mixed_precision
 
 LOGITS_SCOPE = "logits/semantic"
 # research/deeplab `model.get_extra_layer_scopes`: the scopes of the "last layers", which fine-tuning
@@ -64,9 +64,6 @@ def build_logits(features, options: ModelOptions):
   return keras.layers.Add(name="logits.sum", dtype="float32")(branches)
 
 
-MIXED_PRECISION_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
-
-
 @contextlib.contextmanager
 def global_dtype_policy(name: str):
   """Layers built inside use Keras dtype policy `name` ('float32', 'mixed_bfloat16', 'mixed_float16').
@@ -74,10 +71,9 @@ def global_dtype_policy(name: str):
   Keras layers take the global policy when constructed; this sets it and restores the previous one.
 
   Raises:
-    ValueError: `name` is not one of `MIXED_PRECISION_POLICIES`.
+    ValueError: `name` is not one of `options.MIXED_PRECISION_POLICIES`.
   """
-  if name not in MIXED_PRECISION_POLICIES:
-    raise ValueError(f"mixed_precision={name!r}: expected one of {', '.join(MIXED_PRECISION_POLICIES)}.")
+  check_mixed_precision(name)
   previous = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy(name)
   try:
