@@ -87,12 +87,14 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     (`BF16_INFERENCE_AS_AFFINE`; oneDNN's bfloat16 inference BN kernel measured 1.2x slower).
   Unlike `tf.nn.fused_batch_norm`, `epsilon` is used as given (no clamp to 1.001e-5).
   Under mixed precision inference takes bfloat16/float16 activations with float32 statistics, so no
-  Cast surrounds the layer; training casts bfloat16 ones to float32 around the kernel
-  (`BF16_TRAINING_BN_IN_FLOAT32`; float16, a GPU's, stays as it is): oneDNN's bfloat16
-  FusedBatchNormV3 and its gradient took 2.0x the float32 kernels' time on an AVX-512-BF16 CPU, so the
-  Xception-65 bfloat16 training step (513x513, batch 2) is 1.1-1.2x faster with the two casts
-  (benchmarks/README.md); on TPUs XLA fuses the casts. Inputs other than 4-D channels-last (or with a
-  mask, or `renorm`) fall back to Keras' implementation.
+  Cast surrounds the layer. Training on bfloat16 activations whose channels are not a multiple of
+  16 (`BF16_NATIVE_BN_CHANNEL_MULTIPLE`; Xception's 728) casts them to float32 around the kernel
+  (`BF16_TRAINING_BN_IN_FLOAT32`): on an AVX-512-BF16 CPU oneDNN's bfloat16 FusedBatchNormV3 with its
+  gradient took 1.6-2.9x the time of the float32 kernels with both casts for such channel counts, and
+  0.5-0.9x for multiples of 16 (`benchmarks/README.md`, "bfloat16 BatchNorm by channel count"), which
+  keep the bfloat16 kernel. float16 (a GPU's) keeps its native kernel; on TPUs XLA fuses the casts.
+  Inputs other than 4-D channels-last (or with a mask, or `renorm`) fall back to Keras'
+  implementation.
   """
 
   def _is_fusable(self, inputs, mask) -> bool:
@@ -113,7 +115,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     elif training and self.trainable:
       empty = tf.zeros([0], tf.float32)
       x = inputs
-      if x.dtype == tf.bfloat16 and BF16_TRAINING_BN_IN_FLOAT32:
+      if x.dtype == tf.bfloat16 and bf16_training_bn_in_float32(x.shape[-1]):
         x = tf.cast(x, tf.float32)
       outputs, mean, variance = tf.raw_ops.FusedBatchNormV3(
           x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
@@ -155,8 +157,21 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 POINTWISE_AS_MATMUL_IN_TRAINING = True
 # Inference BN on bfloat16/float16 activations as a multiply-add (see `FusedBatchNormalization`).
 BF16_INFERENCE_AS_AFFINE = True
-# Training BN on bfloat16 activations computed in float32 (see `FusedBatchNormalization`).
+# Training BN on bfloat16 activations computed in float32 when the channels are not a multiple of
+# BF16_NATIVE_BN_CHANNEL_MULTIPLE (see `FusedBatchNormalization`); False keeps the bfloat16 kernel.
 BF16_TRAINING_BN_IN_FLOAT32 = True
+# oneDNN's AVX-512 vectors hold 16 floats; its bfloat16 BN kernels are fast on whole vectors only.
+BF16_NATIVE_BN_CHANNEL_MULTIPLE = 16
+
+
+def bf16_training_bn_in_float32(channels: int) -> bool:
+  """Whether training BN on bfloat16 activations with `channels` channels runs in float32.
+
+  True when `BF16_TRAINING_BN_IN_FLOAT32` and `channels` is not a multiple of
+  `BF16_NATIVE_BN_CHANNEL_MULTIPLE` (measured in benchmarks/README.md, "bfloat16 BatchNorm by
+  channel count").
+  """
+  return BF16_TRAINING_BN_IN_FLOAT32 and channels % BF16_NATIVE_BN_CHANNEL_MULTIPLE != 0
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")

@@ -105,6 +105,28 @@ def test_mixed_bfloat16_keeps_activations_in_bfloat16():
   np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(), expected, atol=0.02, rtol=2 ** -7)
 
 
+@pytest.mark.parametrize("channels,in_float32", [(4, True), (728, True), (16, False), (736, False)])
+def test_bfloat16_training_bn_runs_float32_only_off_whole_vectors(channels, in_float32):
+  """bfloat16 training BN keeps the bfloat16 kernel on channel counts that are multiples of 16."""
+  assert layers.bf16_training_bn_in_float32(channels) is in_float32
+  bn = layers.FusedBatchNormalization(dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
+  x = tf.cast(RNG.standard_normal((2, 3, 3, channels)) * 3.0 + 1.5, tf.bfloat16)
+  graph = tf.function(lambda a: bn(a, training=True)).get_concrete_function(x).graph
+  kernel_inputs = [op.inputs[0].dtype for op in graph.get_operations()
+                   if op.type == "FusedBatchNormV3"]
+  assert kernel_inputs == [tf.float32 if in_float32 else tf.bfloat16]
+  # Both kernels normalise with the batch moments to bfloat16 precision (2**-8 relative, values ~3).
+  out = tf.cast(bn(x, training=True), tf.float32).numpy()
+  x = tf.cast(x, tf.float32).numpy()
+  np.testing.assert_allclose(out, (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-3),
+                             atol=0.02, rtol=2 ** -7)
+
+
+def test_bfloat16_training_bn_switch_keeps_the_bfloat16_kernel(monkeypatch):
+  monkeypatch.setattr(layers, "BF16_TRAINING_BN_IN_FLOAT32", False)
+  assert not layers.bf16_training_bn_in_float32(728)
+
+
 def test_other_inputs_fall_back_to_keras():
   layer = layers.FusedBatchNormalization()
   x = RNG.standard_normal((3, 4)).astype(np.float32)
