@@ -87,12 +87,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     (`BF16_INFERENCE_AS_AFFINE`; oneDNN's bfloat16 inference BN kernel measured 1.2x slower).
   Unlike `tf.nn.fused_batch_norm`, `epsilon` is used as given (no clamp to 1.001e-5).
   Under mixed precision inference takes bfloat16/float16 activations with float32 statistics, so no
-  Cast surrounds the layer. Training on bfloat16 activations whose channels are not a multiple of
-  16 (`BF16_NATIVE_BN_CHANNEL_MULTIPLE`; Xception's 728) casts them to float32 around the kernel
-  (`BF16_TRAINING_BN_IN_FLOAT32`): on an AVX-512-BF16 CPU oneDNN's bfloat16 FusedBatchNormV3 with its
-  gradient took 1.6-2.9x the time of the float32 kernels with both casts for such channel counts, and
-  0.5-0.9x for multiples of 16 (`benchmarks/README.md`, "bfloat16 BatchNorm by channel count"), which
-  keep the bfloat16 kernel. float16 (a GPU's) keeps its native kernel; on TPUs XLA fuses the casts.
+  Cast surrounds the layer. Training on bfloat16 activations runs the bfloat16 kernel, with the
+  channels zero-padded to a multiple of 16 around it when they are not one
+  (`BF16_TRAINING_BN_CHANNEL_MULTIPLE`; Xception's 728 become 736): on an AVX-512-BF16 CPU oneDNN's
+  bfloat16 FusedBatchNormV3 with its gradient runs fast on whole 16-float vectors only. At
+  [2, 33..129, 33..129, 728] it took 2.0-2.5x the time of the float32 kernel between two casts
+  (what this layer did before), and 0.55-0.7x padded to 736 (`benchmarks/batch_norm_channels.py`,
+  benchmarks/README.md). The padded channels are zeros with zero mean and variance; each channel is
+  normalised on its own, so the others are exactly those of the unpadded kernel. float16 (a GPU's)
+  is never padded.
   Inputs other than 4-D channels-last (or with a mask, or `renorm`) fall back to Keras'
   implementation.
   """
@@ -114,12 +117,18 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
       outputs = self._synchronized_call(replica, inputs, gamma, beta, moving_mean, moving_variance)
     elif training and self.trainable:
       empty = tf.zeros([0], tf.float32)
-      x = inputs
-      if x.dtype == tf.bfloat16 and bf16_training_bn_in_float32(x.shape[-1]):
-        x = tf.cast(x, tf.float32)
+      x, channels = inputs, inputs.shape[-1]
+      pad = bf16_training_bn_channel_padding(channels) if x.dtype == tf.bfloat16 else 0
+      if pad:
+        x = tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, pad]])
+        gamma = tf.pad(gamma, [[0, pad]], constant_values=1.0)
+        beta = tf.pad(beta, [[0, pad]])
       outputs, mean, variance = tf.raw_ops.FusedBatchNormV3(
           x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
           exponential_avg_factor=1.0, data_format="NHWC", is_training=True)[:3]
+      if pad:  # Slice (not strided): its gradient is one Pad.
+        outputs = tf.slice(outputs, [0, 0, 0, 0], [-1, -1, -1, channels])
+        mean, variance = mean[:channels], variance[:channels]
       self._update_moving_averages(moving_mean, moving_variance, mean, variance)
     elif inputs.dtype != tf.float32 and BF16_INFERENCE_AS_AFFINE:
       # oneDNN's bfloat16 inference BN kernel is slower than one multiply-add in bfloat16.
@@ -157,21 +166,20 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 POINTWISE_AS_MATMUL_IN_TRAINING = True
 # Inference BN on bfloat16/float16 activations as a multiply-add (see `FusedBatchNormalization`).
 BF16_INFERENCE_AS_AFFINE = True
-# Training BN on bfloat16 activations computed in float32 when the channels are not a multiple of
-# BF16_NATIVE_BN_CHANNEL_MULTIPLE (see `FusedBatchNormalization`); False keeps the bfloat16 kernel.
-BF16_TRAINING_BN_IN_FLOAT32 = True
-# oneDNN's AVX-512 vectors hold 16 floats; its bfloat16 BN kernels are fast on whole vectors only.
-BF16_NATIVE_BN_CHANNEL_MULTIPLE = 16
+# Training BN on bfloat16 activations pads the channels with zeros up to a multiple of this (see
+# `FusedBatchNormalization`): oneDNN's AVX-512 vectors hold 16 floats. 1 never pads.
+BF16_TRAINING_BN_CHANNEL_MULTIPLE = 16
 
 
-def bf16_training_bn_in_float32(channels: int) -> bool:
-  """Whether training BN on bfloat16 activations with `channels` channels runs in float32.
+def bf16_training_bn_channel_padding(channels: Optional[int]) -> int:
+  """Zero channels appended around a bfloat16 training BN of `channels` channels (0 if unknown).
 
-  True when `BF16_TRAINING_BN_IN_FLOAT32` and `channels` is not a multiple of
-  `BF16_NATIVE_BN_CHANNEL_MULTIPLE` (measured in benchmarks/README.md, "bfloat16 BatchNorm by
-  channel count").
+  `channels` rounded up to a multiple of `BF16_TRAINING_BN_CHANNEL_MULTIPLE`, minus `channels`:
+  728 -> 8, 736 -> 0 (measured in benchmarks/README.md, "bfloat16 BatchNorm by channel count").
   """
-  return BF16_TRAINING_BN_IN_FLOAT32 and channels % BF16_NATIVE_BN_CHANNEL_MULTIPLE != 0
+  if channels is None:
+    return 0
+  return -channels % BF16_TRAINING_BN_CHANNEL_MULTIPLE
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")

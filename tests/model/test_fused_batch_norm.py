@@ -69,7 +69,7 @@ def test_frozen_layer_uses_moving_statistics_and_keeps_them():
 
 
 def test_mixed_bfloat16_keeps_activations_in_bfloat16():
-  """Inference casts no activation in a traced conv + BN + ReLU; training computes BN in float32."""
+  """Neither inference nor training casts an activation in a traced conv + BN + ReLU."""
   inputs = keras.Input((9, 9, 4), dtype="bfloat16")
   policy = keras.mixed_precision.Policy("mixed_bfloat16")
   x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, dtype=policy)(inputs)
@@ -80,12 +80,11 @@ def test_mixed_bfloat16_keeps_activations_in_bfloat16():
     graph = tf.function(lambda a, t=training: model(a, training=t)).get_concrete_function(
         tf.TensorSpec((2, 9, 9, 4), tf.bfloat16)).graph
     ops = [op.type for op in graph.get_operations()]
-    # Training: the fused kernel in float32 between two casts (oneDNN's bfloat16 training kernels are
-    # slower than the casts); inference: one bfloat16 multiply-add, no cast.
+    # Training: the bfloat16 kernel (on channels padded to 16); inference: one bfloat16 multiply-add.
     assert ops.count("FusedBatchNormV3") == (1 if training else 0)
     activation_casts = [op.outputs[0].dtype for op in graph.get_operations() if op.type == "Cast"
                         and tuple(op.outputs[0].shape) == (2, 9, 9, 4)]
-    assert activation_casts == ([tf.float32, tf.bfloat16] if training else []), ops
+    assert activation_casts == [], ops
   out = model(tf.constant(X, tf.bfloat16), training=False)
   assert out.dtype == tf.bfloat16
   # The bfloat16 multiply-add is the float32 BN to bfloat16 precision (2**-8 relative, values ~3).
@@ -96,7 +95,7 @@ def test_mixed_bfloat16_keeps_activations_in_bfloat16():
   expected = np.maximum(0.0, (tf.cast(conv, tf.float32).numpy() - mean) / np.sqrt(variance + 1e-3)
                         * gamma + beta)
   np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(), expected, atol=0.05, rtol=0.02)
-  # Training: batch moments of the bfloat16 conv output, normalised in float32, rounded to bfloat16.
+  # Training: batch moments of the bfloat16 conv output, normalised, rounded to bfloat16.
   out = model(tf.constant(X, tf.bfloat16), training=True)
   assert out.dtype == tf.bfloat16
   conv = tf.cast(conv, tf.float32).numpy()
@@ -105,26 +104,53 @@ def test_mixed_bfloat16_keeps_activations_in_bfloat16():
   np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(), expected, atol=0.02, rtol=2 ** -7)
 
 
-@pytest.mark.parametrize("channels,in_float32", [(4, True), (728, True), (16, False), (736, False)])
-def test_bfloat16_training_bn_runs_float32_only_off_whole_vectors(channels, in_float32):
-  """bfloat16 training BN keeps the bfloat16 kernel on channel counts that are multiples of 16."""
-  assert layers.bf16_training_bn_in_float32(channels) is in_float32
+@pytest.mark.parametrize("channels,padded", [(4, 16), (728, 736), (16, 16), (736, 736)])
+def test_bfloat16_training_bn_pads_channels_to_whole_vectors(channels, padded):
+  """bfloat16 training BN runs the bfloat16 kernel on channels zero-padded to a multiple of 16."""
+  assert layers.bf16_training_bn_channel_padding(channels) == padded - channels
   bn = layers.FusedBatchNormalization(dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
   x = tf.cast(RNG.standard_normal((2, 3, 3, channels)) * 3.0 + 1.5, tf.bfloat16)
+  bn.build(x.shape)
+  bn.gamma.assign(RNG.uniform(0.5, 2.0, channels))
+  bn.beta.assign(RNG.standard_normal(channels))
   graph = tf.function(lambda a: bn(a, training=True)).get_concrete_function(x).graph
-  kernel_inputs = [op.inputs[0].dtype for op in graph.get_operations()
-                   if op.type == "FusedBatchNormV3"]
-  assert kernel_inputs == [tf.float32 if in_float32 else tf.bfloat16]
-  # Both kernels normalise with the batch moments to bfloat16 precision (2**-8 relative, values ~3).
-  out = tf.cast(bn(x, training=True), tf.float32).numpy()
-  x = tf.cast(x, tf.float32).numpy()
-  np.testing.assert_allclose(out, (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-3),
-                             atol=0.02, rtol=2 ** -7)
+  kernels = [op.inputs[0] for op in graph.get_operations() if op.type == "FusedBatchNormV3"]
+  assert [(k.dtype, k.shape[-1]) for k in kernels] == [(tf.bfloat16, padded)]
+  assert not [op for op in graph.get_operations() if op.type == "Cast"
+              and op.outputs[0].shape.rank == 4]
+  weights = RNG.standard_normal((2, 3, 3, channels)).astype(np.float32)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    out = bn(x, training=True)
+    loss = tf.reduce_sum(tf.cast(out, tf.float32) * weights)
+  grad = tape.gradient(loss, x)
+  assert out.shape == grad.shape == x.shape
+  # The kernel normalises with the batch moments to bfloat16 precision (2**-8 relative, values ~5).
+  out = tf.cast(out, tf.float32).numpy()
+  x = tf.cast(x, tf.float32)
+  mean, var = x.numpy().mean((0, 1, 2)), x.numpy().var((0, 1, 2))
+  gamma, beta = bn.gamma.numpy(), bn.beta.numpy()
+  np.testing.assert_allclose(out, (x.numpy() - mean) / np.sqrt(var + 1e-3) * gamma + beta,
+                             atol=0.05, rtol=2 ** -7)
+  # The moving statistics take the true channels' moments (Bessel-corrected variance, n = 18).
+  np.testing.assert_allclose(bn.moving_mean.numpy(), 0.01 * mean, rtol=0.02, atol=1e-4)
+  np.testing.assert_allclose(bn.moving_variance.numpy(), 0.99 + 0.01 * var * 18 / 17, rtol=0.02)
+  # The gradient is float32 BN's to bfloat16 precision (2**-8 of its largest values).
+  reference = layers.FusedBatchNormalization()
+  reference.build(x.shape)
+  reference.set_weights([gamma, beta, np.zeros(channels), np.ones(channels)])
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    loss = tf.reduce_sum(reference(x, training=True) * weights)
+  expected = tape.gradient(loss, x).numpy()
+  np.testing.assert_allclose(tf.cast(grad, tf.float32).numpy(), expected,
+                             atol=2 ** -5 * np.abs(expected).max())
 
 
-def test_bfloat16_training_bn_switch_keeps_the_bfloat16_kernel(monkeypatch):
-  monkeypatch.setattr(layers, "BF16_TRAINING_BN_IN_FLOAT32", False)
-  assert not layers.bf16_training_bn_in_float32(728)
+def test_bfloat16_training_bn_padding_can_be_switched_off(monkeypatch):
+  monkeypatch.setattr(layers, "BF16_TRAINING_BN_CHANNEL_MULTIPLE", 1)
+  assert layers.bf16_training_bn_channel_padding(728) == 0
+  assert layers.bf16_training_bn_channel_padding(None) == 0
 
 
 def test_other_inputs_fall_back_to_keras():
