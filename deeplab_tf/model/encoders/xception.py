@@ -88,9 +88,9 @@ def _bounded_preactivated_separable_conv(x, filters: int, stride: int, rate: int
   when strided) + BN + clip, pointwise + BN + clip (core/xception.py `separable_conv2d_same` with
   `activation_fn=clip_by_value` and `use_explicit_padding=False`)."""
   name = layers.scope_to_layer_name(scope)
-  x = keras.layers.DepthwiseConv2D(3, strides=stride, dilation_rate=rate, padding="same",
-                                   depth_multiplier=1, use_bias=False, depthwise_initializer=initializer,
-                                   name=name + "_depthwise")(x)
+  x = layers.DepthwiseConv2D(3, strides=stride, dilation_rate=rate, padding="same",
+                             depth_multiplier=1, use_bias=False, depthwise_initializer=initializer,
+                             name=name + "_depthwise")(x)
   x = layers.batch_norm(x, scope + "_depthwise", XCEPTION_BN)
   x = Clip(CLIP_CAP, name=name + "_depthwise.clip")(x)
   x = layers.conv2d_same(x, filters, 1, 1, 1, scope + "_pointwise", bn_params=XCEPTION_BN,
