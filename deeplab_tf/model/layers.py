@@ -93,9 +93,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
   bfloat16 FusedBatchNormV3 with its gradient runs fast on whole 16-float vectors only. At
   [2, 33..129, 33..129, 728] it took 2.0-2.5x the time of the float32 kernel between two casts
   (what this layer did before), and 0.55-0.7x padded to 736 (`benchmarks/batch_norm_channels.py`,
-  benchmarks/README.md). The padded channels are zeros with zero mean and variance; each channel is
-  normalised on its own, so the others are exactly those of the unpadded kernel. float16 (a GPU's)
-  is never padded.
+  benchmarks/README.md). The padded channels are zeros, normalised separately and sliced away; the
+  real channels' moments, outputs and gradients do not depend on them. float16 (a GPU's) is never
+  padded.
   Inputs other than 4-D channels-last (or with a mask, or `renorm`) fall back to Keras'
   implementation.
   """
@@ -249,10 +249,10 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
   On bfloat16 inputs with a stride above 1 the gradient with respect to the input comes from the
   float32 kernel (`depthwise_conv2d_float32_input_gradient`, `BF16_STRIDED_DEPTHWISE_INPUT_GRADIENT_
-  IN_FLOAT32`): oneDNN's strided bfloat16 DepthwiseConv2dNativeBackpropInput took 2.9-7x the float32
-  kernel's time on an AVX-512-BF16 CPU for Xception's three stride-2 depthwise convolutions at
-  513x513 (15-34 ms against 2.3-10 ms each, batch 2; benchmarks/README.md). Everything else is
-  Keras' own.
+  IN_FLOAT32`): on an AVX-512-BF16 CPU oneDNN's strided bfloat16 DepthwiseConv2dNativeBackpropInput
+  took 2.5-6.5x the float32 kernel's time for Xception's three stride-2 depthwise convolutions at
+  513x513, batch 2 (18-35 ms against 2.8-14 ms; with the casts 3.4-11.7 ms;
+  `benchmarks/depthwise_gradients.py`). Everything else is Keras' own.
   """
 
   def call(self, inputs):
