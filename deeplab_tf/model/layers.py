@@ -190,11 +190,26 @@ class PointwiseConv2D(keras.layers.Conv2D):
   with `training=True` it computes `reshape(x, [-1, in]) @ reshape(kernel, [in, out])`, whose two
   backward products run on TF's MatMul kernels, faster than oneDNN's convolution backward passes
   for these shapes (Xception's pointwise convolutions carry most of its multiply-adds). Inference
-  keeps the convolution, which grappler fuses with the BatchNorm and ReLU after it.
+  keeps the convolution, which grappler fuses with the BatchNorm and ReLU after it, unless
+  `matmul_at_inference` (set by `folding.fold_batch_norm` on float32 copies, which have no
+  BatchNorm left to fuse): the folded float32 Xception-65 at 513x513 ran 1.05-1.06x faster with
+  matrix products (bfloat16: 0.91x, so bfloat16 copies keep the convolution; benchmarks/README.md).
+
+  Args:
+    matmul_at_inference: compute inference as a matrix product too.
+    **kwargs: Keras' Conv2D arguments.
   """
 
+  def __init__(self, *args, matmul_at_inference: bool = False, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.matmul_at_inference = matmul_at_inference
+
+  def get_config(self):
+    return {**super().get_config(), "matmul_at_inference": self.matmul_at_inference}
+
   def call(self, inputs, training=None):
-    if not (training and POINTWISE_AS_MATMUL_IN_TRAINING and self.data_format == "channels_last"):
+    matmul = POINTWISE_AS_MATMUL_IN_TRAINING if training else self.matmul_at_inference
+    if not (matmul and self.data_format == "channels_last"):
       return super().call(inputs)
     channels = inputs.shape[-1]
     flat = tf.reshape(inputs, [-1, channels])
