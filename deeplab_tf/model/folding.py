@@ -240,7 +240,10 @@ def fold_batch_norm(model: keras.Model, live: bool = False) -> keras.Model:
     subclassed model, whose graph cannot be rewritten). A copy stores its weights in their compute
     dtype: a mixed precision layer ('mixed_bfloat16') becomes a 'bfloat16' one, whose call casts no
     weight (the same values: the mixed layer rounds its float32 weights to bfloat16 at each call; the
-    folded copy rounds them once), which made the bfloat16 Xception-65 at 513x513 1.1x faster.
+    folded copy rounds them once), which made the bfloat16 Xception-65 at 513x513 1.1x faster. A
+    float32 copy computes its `PointwiseConv2D`s as matrix products (`matmul_at_inference`): with no
+    BatchNorm left to fuse, Xception-65's 513x513 inference ran 1.04-1.10x faster so (bfloat16 copies
+    keep convolutions, 0.91x as matrix products; benchmarks/README.md).
   """
   if not isinstance(model, keras.Model) or isinstance(model, keras.Sequential) or not getattr(
       model, "_nodes_by_depth", None):
