@@ -134,18 +134,22 @@ def _grappler_op_counts(model, size):
   return collections.Counter(node.op for node in tf_optimizer.OptimizeGraph(config, meta_graph).node)
 
 
-def test_folded_xception_keeps_grappler_fusions():
-  """The remapper fuses the folded convolutions' bias and ReLU (it rejected the whole graph before).
+@pytest.mark.parametrize("policy,fused_pointwise", [("float32", "_FusedMatMul"),
+                                                     ("mixed_bfloat16", "_FusedConv2D")])
+def test_folded_xception_keeps_grappler_fusions(policy, fused_pointwise):
+  """The remapper fuses the folded pointwise convolutions' biases (it rejected the whole graph before).
 
   Before `BiasedAdd`, TF's remapper failed on Xception's residual sums ("Mutation::Apply error") and
-  left all 79 Conv2D + 147 BiasAdd + 82 Relu unfused: this counted 0 fused convolutions.
+  left all 79 Conv2D + 147 BiasAdd + 82 Relu unfused: this counted 0 fused convolutions. The float32
+  copy computes its pointwise convolutions as matrix products (`matmul_at_inference`); the bfloat16
+  one keeps the Conv2D + BiasAdd + Add + Relu pattern the remapper mishandled.
   """
   options = deeplab_tf.ModelOptions(model_variant="xception_65", num_classes=3, output_stride=16,
                                     atrous_rates=(6, 12, 18), decoder_output_stride=4)
-  counts = _grappler_op_counts(fold_batch_norm(deeplab_tf.build_deeplab(options)), 65)
-  # The float32 copy computes its pointwise convolutions as matrix products (matmul_at_inference).
-  assert counts["_FusedConv2D"] + counts["_FusedMatMul"] >= 50, counts
-  assert counts["_FusedMatMul"] >= 50, counts
+  with global_dtype_policy(policy):
+    model = deeplab_tf.build_deeplab(options)
+  counts = _grappler_op_counts(fold_batch_norm(model), 65)
+  assert counts[fused_pointwise] >= 50, counts
   assert counts["_FusedDepthwiseConv2dNative"] >= 60, counts
 
 
