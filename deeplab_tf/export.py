@@ -63,6 +63,7 @@ from deeplab_tf.data import preprocess
 from deeplab_tf.evaluation import inference
 from deeplab_tf.image_ops import resize_bilinear_align_corners, resize_nearest_align_corners
 from deeplab_tf.model.folding import fold_batch_norm
+from deeplab_tf.model.layers import without_channel_padding
 from deeplab_tf.options import EvalOptions, ModelOptions
 
 SERVING_DEFAULT = "serving_default"
@@ -448,6 +449,7 @@ def export_tflite(model, path: str, input_size: Tuple[int, int], *, quantize: st
     raise ValueError(f"input_size={input_size}: expected (height, width) in pixels, e.g. --crop_size=513,513.")
   if tf.io.gfile.exists(path) and not overwrite:
     raise FileExistsError(f"{path} exists; choose a new --export_path or pass overwrite=True.")
+  model = without_channel_padding(model)  # The padding speeds up training only.
   images = keras.Input((*input_size, 3), batch_size=1, dtype="uint8", name=IMAGE_TENSOR_SIGNATURE)
   logits = model(keras.ops.cast(images, model.inputs[0].dtype))
   # tf.argmax, not keras.ops.argmax: the latter adds NaN handling (BitwiseAnd) TFLite has no kernel for.

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deeplab_tf.model import layers as deeplab_layers
 from deeplab_tf.model.layers import PointwiseConv2D
 
 
@@ -56,31 +57,42 @@ class LiveFoldedConv(keras.layers.Layer):
   `fold_batch_norm`) therefore stays equal to the original while the original keeps training: it is
   what compiled inference (`deeplab_tf.evaluation.inference.compiled_network`) runs. Not serialisable
   (it refers to other layers); export uses the copying fold.
+
+  A channel-padded `conv` (`layers.Conv2D`) computes its real channels only, unless
+  `keep_channel_padding`.
   """
 
-  def __init__(self, conv, bn, with_bias: bool = True, **kwargs):
+  def __init__(self, conv, bn, with_bias: bool = True, keep_channel_padding: bool = False,
+               **kwargs):
     super().__init__(autocast=False, **kwargs)  # Read the variables in float32.
     self.conv = conv
     self.bn = bn
     self.with_bias = with_bias  # False: a `LiveBiasedAdd` after it adds the bias.
+    self.paddings = deeplab_layers.channel_paddings(conv) if keep_channel_padding else (0, 0)
 
   def call(self, inputs):
     conv, bn = self.conv, self.bn
     scale, bias = _live_scale_and_bias(conv, bn)
     kernel = tf.cast(conv.kernel, tf.float32)
-    if isinstance(conv, keras.layers.DepthwiseConv2D):
-      kernel = tf.cast(kernel * scale[:, None], inputs.dtype)
+    depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
+    kernel = kernel * (scale[:, None] if depthwise else scale)
+    input_padding, output_padding = self.paddings
+    kernel = deeplab_layers.pad_kernel(tf.cast(kernel, inputs.dtype), depthwise, input_padding,
+                                       output_padding)
+    if depthwise:
       outputs = keras.ops.depthwise_conv(inputs, kernel, strides=conv.strides, padding=conv.padding,
                                          dilation_rate=conv.dilation_rate,
                                          data_format=conv.data_format)
     else:
-      outputs = conv.convolution_op(inputs, tf.cast(kernel * scale, inputs.dtype))
+      outputs = conv.convolution_op(inputs, kernel)
     if not self.with_bias:
       return outputs
-    return tf.nn.bias_add(outputs, tf.cast(bias, outputs.dtype))
+    return tf.nn.bias_add(outputs, deeplab_layers.pad_channels(tf.cast(bias, outputs.dtype),
+                                                               output_padding))
 
   def compute_output_shape(self, input_shape):
-    return self.conv.compute_output_shape(input_shape)
+    shape = tuple(self.conv.compute_output_shape(input_shape))
+    return shape[:-1] + (shape[-1] - deeplab_layers.channel_paddings(self.conv)[1] + self.paddings[1],)
 
 
 def _live_scale_and_bias(conv, bn) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -121,7 +133,8 @@ class LiveBiasedAdd(keras.layers.Layer):
     for x in inputs[1:]:
       total = total + x
     bias = tf.add_n([_live_scale_and_bias(conv, bn)[1] for conv, bn in self.folded])
-    return tf.nn.bias_add(total, tf.cast(bias, total.dtype))
+    bias = deeplab_layers.pad_channels(tf.cast(bias, total.dtype), total.shape[-1] - bias.shape[0])
+    return tf.nn.bias_add(total, bias)
 
   def compute_output_shape(self, input_shape):
     return input_shape[0]
@@ -243,7 +256,11 @@ def fold_batch_norm(model: keras.Model, live: bool = False) -> keras.Model:
     folded copy rounds them once), which made the bfloat16 Xception-65 at 513x513 1.1x faster. A
     float32 copy computes its `PointwiseConv2D`s as matrix products (`matmul_at_inference`): with no
     BatchNorm left to fuse, Xception-65's 513x513 inference ran 1.04-1.10x faster so (bfloat16 copies
-    keep convolutions, 0.91x as matrix products; benchmarks/README.md).
+    keep convolutions, 0.91x as matrix products; benchmarks/README.md). The folded model carries no
+    channel padding (`layers.Conv2D`): it computes the real channels only, as the original, where
+    the padding only helped training (bfloat16 inference of Xception-65 at 513x513 was 0.97x as
+    fast padded, float32 1.00x; benchmarks/README.md). (A live fold keeps the padding when a padded
+    layer is not folded.)
   """
   if not isinstance(model, keras.Model) or isinstance(model, keras.Sequential) or not getattr(
       model, "_nodes_by_depth", None):
@@ -255,12 +272,16 @@ def fold_batch_norm(model: keras.Model, live: bool = False) -> keras.Model:
   moved = biases_after_add(model, pairs)
   bias_moved = {conv: add for add, convs in moved.items() for conv in convs}
   if live:
+    keep_padding = any(any(deeplab_layers.channel_paddings(layer)) and layer.name not in pairs
+                       and layer.name not in folded_convs for layer in model.layers)
+
     def share(layer):
       if layer.name in pairs:
         return FoldedBatchNorm(name=layer.name, dtype=layer.dtype_policy)
       if layer.name in folded_convs:
         return LiveFoldedConv(layer, model.get_layer(folded_convs[layer.name]),
-                              with_bias=layer.name not in bias_moved, name=layer.name,
+                              with_bias=layer.name not in bias_moved,
+                              keep_channel_padding=keep_padding, name=layer.name,
                               dtype=layer.dtype_policy)
       if layer.name in moved:
         return LiveBiasedAdd([(model.get_layer(conv), model.get_layer(folded_convs[conv]))
@@ -270,7 +291,7 @@ def fold_batch_norm(model: keras.Model, live: bool = False) -> keras.Model:
     return keras.models.clone_model(model, clone_function=share)
 
   def clone(layer):
-    config = layer.get_config()
+    config = deeplab_layers.config_without_channel_padding(layer.get_config())
     policy = _weights_in_compute_dtype(layer.dtype_policy)
     config["dtype"] = policy
     if layer.name in pairs:

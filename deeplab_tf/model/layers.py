@@ -10,7 +10,7 @@ moving_variance}`, exactly as slim names them (research/deeplab `core/xception.p
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -65,6 +65,86 @@ class BatchNormParams:
   epsilon: float = 1e-3
 
 
+def channel_padding(channels: int, multiple: int) -> int:
+  """Zero channels that round `channels` up to a multiple of `multiple` (728, 16 -> 8; 736, 16 -> 0)."""
+  return -channels % multiple
+
+
+def _build_for_padded_input(layer, build, input_shape, padding: int) -> None:
+  """Runs `build` (a Keras layer's own) on `input_shape` less `padding` trailing channels, then lets
+  the layer accept the padded input: its variables have the real channels only (see `Conv2D`)."""
+  if not padding:
+    build(input_shape)
+    return
+  channels = input_shape[-1]
+  if channels is None or channels <= padding:
+    raise ValueError(f"{layer.name}: channel padding {padding} needs an input with more channels, "
+                     f"got input shape {tuple(input_shape)}.")
+  build(tuple(input_shape[:-1]) + (channels - padding,))
+  layer.input_spec = keras.InputSpec(min_ndim=len(input_shape), axes={-1: channels})
+
+
+def _check_channel_padding(layer, *paddings: int) -> None:
+  """Raises ValueError unless the paddings are non-negative and the layer is channels-last."""
+  if any(p < 0 for p in paddings):
+    raise ValueError(f"{layer.name}: channel paddings {paddings} must be >= 0.")
+  if any(paddings) and layer.data_format != "channels_last":
+    raise ValueError(f"{layer.name}: channel padding needs data_format='channels_last', got "
+                     f"{layer.data_format!r}.")
+
+
+def channel_paddings(layer) -> Tuple[int, int]:
+  """(input, output) zero channels a layer's input and output carry beyond its variables' channels.
+
+  (0, 0) for every layer but this module's padded `Conv2D` (and `PointwiseConv2D`), `DepthwiseConv2D`
+  and `FusedBatchNormalization`.
+  """
+  if isinstance(layer, Conv2D):
+    return layer.input_channel_padding, layer.output_channel_padding
+  if isinstance(layer, (DepthwiseConv2D, FusedBatchNormalization)):
+    return layer.channel_padding, layer.channel_padding
+  return 0, 0
+
+
+CHANNEL_PADDING_KEYS = ("input_channel_padding", "output_channel_padding", "channel_padding")
+
+
+def config_without_channel_padding(config):
+  """A layer config with its channel paddings (`Conv2D`, `DepthwiseConv2D`,
+  `FusedBatchNormalization`) set to 0: the same layer on the real channels only."""
+  return {k: (0 if k in CHANNEL_PADDING_KEYS else v) for k, v in config.items()}
+
+
+def without_channel_padding(model: keras.Model) -> keras.Model:
+  """A copy of a functional `model` whose layers carry no channel padding (see `Conv2D`): the same
+  variables' values and the same outputs, computed on the real channels only (for inference
+  exports such as TFLite, where the padding only costs). `model` itself if nothing is padded."""
+  if not any(any(channel_paddings(layer)) for layer in model.layers):
+    return model
+  copy = keras.models.clone_model(
+      model, clone_function=lambda layer: layer.__class__.from_config(
+          config_without_channel_padding(layer.get_config())))
+  copy.set_weights(model.get_weights())
+  return copy
+
+
+def pad_kernel(kernel, depthwise: bool, input_channel_padding: int, output_channel_padding: int = 0):
+  """A `[kh, kw, in, out]` convolution kernel (or `[kh, kw, channels, 1]` depthwise kernel) with zero
+  input and output channels appended: `[kh, kw, in + input pad, out + output pad]` (depthwise:
+  `[kh, kw, channels + input pad, 1]`), a tensor of `kernel`'s dtype."""
+  out_pad = 0 if depthwise else output_channel_padding
+  if not (input_channel_padding or out_pad):
+    return tf.convert_to_tensor(kernel)
+  return tf.pad(kernel, [[0, 0], [0, 0], [0, input_channel_padding], [0, out_pad]])
+
+
+def pad_channels(vector, padding: int, value: float = 0.0):
+  """A `[channels]` vector (bias, BN statistic) with `padding` entries of `value` appended."""
+  if not padding:
+    return tf.convert_to_tensor(vector)
+  return tf.pad(vector, [[0, padding]], constant_values=value)
+
+
 @keras.saving.register_keras_serializable(package="deeplab_tf")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
   """Keras' BatchNormalization computed by TF's fused kernel (FusedBatchNormV3), as the original's slim.
@@ -98,7 +178,31 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
   padded.
   Inputs other than 4-D channels-last (or with a mask, or `renorm`) fall back to Keras'
   implementation.
+
+  `channel_padding` (see `Conv2D`): the input carries that many zero channels after the real ones,
+  which the output carries too (zeros: padded `gamma` 1, `beta` 0, moving mean 0, moving variance
+  1); the variables and the moving-average updates cover the real channels only.
+
+  Args:
+    channel_padding: trailing zero channels of the input and output beyond the variables'.
+    **kwargs: Keras' BatchNormalization arguments.
+
+  Raises:
+    ValueError: `channel_padding` < 0, or a padded input the fused kernel cannot take (not 4-D
+      channels-last, a mask, `renorm`).
   """
+
+  def __init__(self, *args, channel_padding: int = 0, **kwargs):
+    super().__init__(*args, **kwargs)
+    if channel_padding < 0:
+      raise ValueError(f"{self.name}: channel_padding={channel_padding} must be >= 0.")
+    self.channel_padding = int(channel_padding)
+
+  def build(self, input_shape):
+    _build_for_padded_input(self, super().build, input_shape, self.channel_padding)
+
+  def get_config(self):
+    return {**super().get_config(), "channel_padding": self.channel_padding}
 
   def _is_fusable(self, inputs, mask) -> bool:
     rank = len(inputs.shape)
@@ -107,29 +211,32 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
   def call(self, inputs, training=None, mask=None):
     if not self._is_fusable(inputs, mask):
+      if self.channel_padding:
+        raise ValueError(f"{self.name}: channel_padding needs a 4-D channels-last input without "
+                         f"mask or renorm, got shape {inputs.shape}.")
       return super().call(inputs, training=training, mask=mask)
-    gamma = tf.convert_to_tensor(self.gamma)
-    beta = tf.convert_to_tensor(self.beta)
-    moving_mean = tf.convert_to_tensor(self.moving_mean)
-    moving_variance = tf.convert_to_tensor(self.moving_variance)
+    pad = self.channel_padding
+    gamma = pad_channels(self.gamma, pad, 1.0)
+    beta = pad_channels(self.beta, pad)
+    moving_mean = pad_channels(self.moving_mean, pad)
+    moving_variance = pad_channels(self.moving_variance, pad, 1.0)
     replica = tf.distribute.get_replica_context()
     if training and self.trainable and self.synchronized and replica is not None:
-      outputs = self._synchronized_call(replica, inputs, gamma, beta, moving_mean, moving_variance)
+      outputs = self._synchronized_call(replica, inputs, gamma, beta)
     elif training and self.trainable:
       empty = tf.zeros([0], tf.float32)
       x, channels = inputs, inputs.shape[-1]
       pad = bf16_training_bn_channel_padding(channels) if x.dtype == tf.bfloat16 else 0
       if pad:
         x = tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, pad]])
-        gamma = tf.pad(gamma, [[0, pad]], constant_values=1.0)
-        beta = tf.pad(beta, [[0, pad]])
+        gamma = pad_channels(gamma, pad, 1.0)
+        beta = pad_channels(beta, pad)
       outputs, mean, variance = tf.raw_ops.FusedBatchNormV3(
           x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
           exponential_avg_factor=1.0, data_format="NHWC", is_training=True)[:3]
       if pad:  # Slice (not strided): its gradient is one Pad.
         outputs = tf.slice(outputs, [0, 0, 0, 0], [-1, -1, -1, channels])
-        mean, variance = mean[:channels], variance[:channels]
-      self._update_moving_averages(moving_mean, moving_variance, mean, variance)
+      self._update_moving_averages(mean, variance)
     elif inputs.dtype != tf.float32 and BF16_INFERENCE_AS_AFFINE:
       # oneDNN's bfloat16 inference BN kernel is slower than one multiply-add in bfloat16.
       scale = gamma * tf.math.rsqrt(moving_variance + self.epsilon)
@@ -141,12 +248,17 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
           epsilon=self.epsilon, data_format="NHWC", is_training=False)[0]
     return tf.cast(outputs, self.compute_dtype)
 
-  def _update_moving_averages(self, moving_mean, moving_variance, mean, unbiased_variance):
-    self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
+  def _update_moving_averages(self, mean, unbiased_variance):
+    """moving = momentum * moving + (1 - momentum) * batch, on the real channels of `mean` and
+    `unbiased_variance` (`[channels + padding]` float32)."""
+    channels = self.moving_mean.shape[0]
+    if mean.shape[0] != channels:
+      mean, unbiased_variance = mean[:channels], unbiased_variance[:channels]
+    self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
     self.moving_variance.assign(
-        moving_variance * self.momentum + unbiased_variance * (1.0 - self.momentum))
+        self.moving_variance * self.momentum + unbiased_variance * (1.0 - self.momentum))
 
-  def _synchronized_call(self, replica, inputs, gamma, beta, moving_mean, moving_variance):
+  def _synchronized_call(self, replica, inputs, gamma, beta):
     x = tf.cast(inputs, tf.float32)
     axes = [0, 1, 2]
     total = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(x, axes))
@@ -155,8 +267,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                                tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32))
     mean = tf.math.divide_no_nan(total, count)
     variance = tf.maximum(tf.math.divide_no_nan(squares, count) - tf.square(mean), 0.0)
-    self._update_moving_averages(moving_mean, moving_variance, mean,
-                                 variance * count / tf.maximum(count - 1.0, 1.0))
+    self._update_moving_averages(mean, variance * count / tf.maximum(count - 1.0, 1.0))
     outputs = tf.nn.batch_normalization(x, mean, variance, beta, gamma, self.epsilon)
     return tf.cast(outputs, inputs.dtype)
 
@@ -179,11 +290,82 @@ def bf16_training_bn_channel_padding(channels: Optional[int]) -> int:
   """
   if channels is None:
     return 0
-  return -channels % BF16_TRAINING_BN_CHANNEL_MULTIPLE
+  return channel_padding(channels, BF16_TRAINING_BN_CHANNEL_MULTIPLE)
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")
-class PointwiseConv2D(keras.layers.Conv2D):
+class Conv2D(keras.layers.Conv2D):
+  """Keras' Conv2D whose input and output may carry zero channels beyond its variables' (channel
+  padding).
+
+  The variables (`kernel` `[kh, kw, in, filters]`, `bias` `[filters]`) are Keras' own, as the
+  original's checkpoints have them; the input has `in + input_channel_padding` channels whose last
+  ones are zeros, and the output `filters + output_channel_padding` channels whose last ones are
+  zeros: the call convolves with the kernel zero-padded on both channel axes (`pad_kernel`). The
+  real channels' values are the unpadded convolution's (up to float32 summation order).
+
+  Why: on an AVX-512 CPU oneDNN's kernels run on whole 16-float vectors, and Xception's 728
+  channels (45.5 vectors) made its BatchNorm and depthwise kernels 1.3x / 1.5x slower per channel
+  than 736 in float32 (2-4x for bfloat16 BN); carried through the network as 736, the padding is
+  paid once per weight instead of once per activation (`encoders/xception.py` `CHANNEL_MULTIPLE`,
+  benchmarks/README.md "728 channels carried as 736").
+
+  Args:
+    input_channel_padding: trailing zero channels of the input.
+    output_channel_padding: trailing zero channels appended to the output.
+    **kwargs: Keras' Conv2D arguments.
+
+  Raises:
+    ValueError: a negative padding, or a padding with `data_format='channels_first'` or `groups` > 1.
+  """
+
+  def __init__(self, *args, input_channel_padding: int = 0, output_channel_padding: int = 0,
+               **kwargs):
+    super().__init__(*args, **kwargs)
+    _check_channel_padding(self, input_channel_padding, output_channel_padding)
+    if (input_channel_padding or output_channel_padding) and self.groups != 1:
+      raise ValueError(f"{self.name}: channel padding needs groups=1, got {self.groups}.")
+    self.input_channel_padding = int(input_channel_padding)
+    self.output_channel_padding = int(output_channel_padding)
+
+  def build(self, input_shape):
+    _build_for_padded_input(self, super().build, input_shape, self.input_channel_padding)
+
+  def compute_output_shape(self, input_shape):
+    shape = tuple(super().compute_output_shape(input_shape))
+    return shape[:-1] + (shape[-1] + self.output_channel_padding,)
+
+  def get_config(self):
+    return {**super().get_config(), "input_channel_padding": self.input_channel_padding,
+            "output_channel_padding": self.output_channel_padding}
+
+  @property
+  def _padded(self) -> bool:
+    return bool(self.input_channel_padding or self.output_channel_padding)
+
+  def padded_kernel(self, dtype):
+    """`[kh, kw, in + input pad, filters + output pad]` kernel in `dtype`, zero-padded."""
+    return pad_kernel(tf.cast(self.kernel, dtype), False, self.input_channel_padding,
+                      self.output_channel_padding)
+
+  def _add_bias(self, outputs):
+    """`outputs` plus the bias (zero-padded), if the layer has one."""
+    if not self.use_bias:
+      return outputs
+    return tf.nn.bias_add(
+        outputs, pad_channels(tf.cast(self.bias, outputs.dtype), self.output_channel_padding))
+
+  def _activate(self, outputs):
+    return outputs if self.activation is None else self.activation(outputs)
+
+  def call(self, inputs):
+    if not self._padded:
+      return super().call(inputs)
+    return self._activate(self._add_bias(self.convolution_op(inputs, self.padded_kernel(inputs.dtype))))
+
+
+@keras.saving.register_keras_serializable(package="deeplab_tf")
+class PointwiseConv2D(Conv2D):
   """A 1x1, stride-1, undilated `Conv2D` that trains as one matrix product.
 
   The same layer (class, variables `kernel` `[1, 1, in, out]` and `bias`, config) as Keras' Conv2D;
@@ -195,9 +377,11 @@ class PointwiseConv2D(keras.layers.Conv2D):
   BatchNorm left to fuse): the folded float32 Xception-65 at 513x513 ran 1.05-1.06x faster with
   matrix products (bfloat16: 0.91x, so bfloat16 copies keep the convolution; benchmarks/README.md).
 
+  Channel padding as `Conv2D`.
+
   Args:
     matmul_at_inference: compute inference as a matrix product too.
-    **kwargs: Keras' Conv2D arguments.
+    **kwargs: `Conv2D`'s arguments.
   """
 
   def __init__(self, *args, matmul_at_inference: bool = False, **kwargs):
@@ -212,14 +396,12 @@ class PointwiseConv2D(keras.layers.Conv2D):
     if not (matmul and self.data_format == "channels_last"):
       return super().call(inputs)
     channels = inputs.shape[-1]
-    flat = tf.reshape(inputs, [-1, channels])
-    outputs = tf.matmul(flat, tf.reshape(self.kernel, [channels, self.filters]))
-    if self.use_bias:
-      outputs = tf.nn.bias_add(outputs, self.bias)
-    outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], [self.filters]], axis=0))
-    if self.activation is not None:
-      outputs = self.activation(outputs)
-    return outputs
+    filters = self.filters + self.output_channel_padding
+    kernel = self.padded_kernel(inputs.dtype) if self._padded else self.kernel
+    outputs = tf.matmul(tf.reshape(inputs, [-1, channels]), tf.reshape(kernel, [channels, filters]))
+    outputs = self._add_bias(outputs)  # Before the reshape: grappler fuses it (_FusedMatMul).
+    outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], [filters]], axis=0))
+    return self._activate(outputs)
 
 
 # Strided depthwise convolutions on bfloat16 take their input gradient from the float32 kernel (see
@@ -268,30 +450,87 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
   took 2.5-6.5x the float32 kernel's time for Xception's three stride-2 depthwise convolutions at
   513x513, batch 2 (18-35 ms against 2.8-14 ms; with the casts 3.4-11.7 ms;
   `benchmarks/depthwise_gradients.py`). Everything else is Keras' own.
+
+  `channel_padding` (see `Conv2D`): the input carries that many zero channels after the real ones,
+  and so does the output; the kernel and bias are zero-padded at each call.
+
+  Args:
+    channel_padding: trailing zero channels of the input and output beyond the variables'.
+    **kwargs: Keras' DepthwiseConv2D arguments.
+
+  Raises:
+    ValueError: a negative padding, or a padding with `data_format='channels_first'` or
+      `depth_multiplier` > 1.
   """
 
+  def __init__(self, *args, channel_padding: int = 0, **kwargs):
+    super().__init__(*args, **kwargs)
+    _check_channel_padding(self, channel_padding)
+    if channel_padding and self.depth_multiplier != 1:
+      raise ValueError(f"{self.name}: channel padding needs depth_multiplier=1, got "
+                       f"{self.depth_multiplier}.")
+    self.channel_padding = int(channel_padding)
+
+  def build(self, input_shape):
+    _build_for_padded_input(self, super().build, input_shape, self.channel_padding)
+
+  def get_config(self):
+    return {**super().get_config(), "channel_padding": self.channel_padding}
+
   def call(self, inputs):
-    if not (inputs.dtype == tf.bfloat16 and BF16_STRIDED_DEPTHWISE_INPUT_GRADIENT_IN_FLOAT32
-            and max(self.strides) > 1 and self.data_format == "channels_last"):
+    float32_input_gradient = (
+        inputs.dtype == tf.bfloat16 and BF16_STRIDED_DEPTHWISE_INPUT_GRADIENT_IN_FLOAT32
+        and max(self.strides) > 1 and self.data_format == "channels_last")
+    if not (float32_input_gradient or self.channel_padding):
       return super().call(inputs)
-    outputs = depthwise_conv2d_float32_input_gradient(
-        inputs, tf.cast(self.kernel, inputs.dtype), (1,) + tuple(self.strides) + (1,),
-        self.padding.upper())
+    kernel = pad_kernel(tf.cast(self.kernel, inputs.dtype), True, self.channel_padding)
+    if float32_input_gradient:
+      outputs = depthwise_conv2d_float32_input_gradient(
+          inputs, kernel, (1,) + tuple(self.strides) + (1,), self.padding.upper())
+    else:
+      outputs = keras.ops.depthwise_conv(inputs, kernel, strides=self.strides, padding=self.padding,
+                                         dilation_rate=self.dilation_rate,
+                                         data_format=self.data_format)
     if self.use_bias:
-      outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
+      outputs = tf.nn.bias_add(
+          outputs, pad_channels(tf.cast(self.bias, outputs.dtype), self.channel_padding))
     if self.activation is not None:
       outputs = self.activation(outputs)
     return outputs
 
 
-def batch_norm(x, scope: str, params: BatchNormParams):
+def batch_norm(x, scope: str, params: BatchNormParams, channel_padding: int = 0):
   """BatchNorm with scale and centre, named `<scope>.BatchNorm` (slim's `<scope>/BatchNorm`).
 
-  A `FusedBatchNormalization` (TF's fused kernel, as the original's slim `batch_norm`).
+  A `FusedBatchNormalization` (TF's fused kernel, as the original's slim `batch_norm`);
+  `channel_padding`: trailing zero channels of `x` (see `Conv2D`).
   """
   return FusedBatchNormalization(
       momentum=params.decay, epsilon=params.epsilon, center=True, scale=True,
-      name=scope_to_layer_name(scope + "/BatchNorm"))(x)
+      channel_padding=channel_padding, name=scope_to_layer_name(scope + "/BatchNorm"))(x)
+
+
+@keras.saving.register_keras_serializable(package="deeplab_tf")
+class DropChannelPadding(keras.layers.Layer):
+  """`[batch, height, width, channels + padding]` -> `[batch, height, width, channels]`: the real
+  channels of a channel-padded tensor (see `Conv2D`), for features a model exposes.
+
+  Args:
+    channels: the real channels to keep.
+  """
+
+  def __init__(self, channels: int, **kwargs):
+    super().__init__(**kwargs)
+    self.channels = int(channels)
+
+  def call(self, inputs):
+    return tf.slice(inputs, [0, 0, 0, 0], [-1, -1, -1, self.channels])
+
+  def compute_output_shape(self, input_shape):
+    return tuple(input_shape[:-1]) + (self.channels,)
+
+  def get_config(self):
+    return {**super().get_config(), "channels": self.channels}
 
 
 def relu(x, name: Optional[str] = None, max_value: Optional[float] = None):
@@ -327,7 +566,8 @@ def fixed_padding(x, kernel_size: int, rate: int = 1, name: Optional[str] = None
 def conv2d_same(x, filters: int, kernel_size: int, stride: int, rate: int, scope: str, *,
                 bn_params: Optional[BatchNormParams], activation: bool = True,
                 kernel_initializer="glorot_uniform", use_bias: Optional[bool] = None,
-                relu_max_value: Optional[float] = None):
+                relu_max_value: Optional[float] = None, input_channel_padding: int = 0,
+                output_channel_padding: int = 0):
   """Conv (+ BN) (+ ReLU) with the original's padding: 'SAME' at stride 1, fixed padding otherwise.
 
   Args:
@@ -342,9 +582,11 @@ def conv2d_same(x, filters: int, kernel_size: int, stride: int, rate: int, scope
     kernel_initializer: Keras initializer of the kernel.
     use_bias: override of the bias (default: a bias exactly when there is no BatchNorm).
     relu_max_value: 6 makes the activation ReLU6 (`use_bounded_activation`).
+    input_channel_padding: trailing zero channels of `x` (see `Conv2D`).
+    output_channel_padding: trailing zero channels to append to the output.
 
   Returns:
-    `[batch, ceil(height / stride), ceil(width / stride), filters]` tensor.
+    `[batch, ceil(height / stride), ceil(width / stride), filters + output_channel_padding]` tensor.
   """
   name = scope_to_layer_name(scope)
   if stride > 1 and kernel_size > 1:
@@ -354,11 +596,19 @@ def conv2d_same(x, filters: int, kernel_size: int, stride: int, rate: int, scope
     padding = "same"
   if use_bias is None:
     use_bias = bn_params is None
-  conv = PointwiseConv2D if kernel_size == 1 and stride == 1 and rate == 1 else keras.layers.Conv2D
+  kwargs = {}
+  if input_channel_padding or output_channel_padding:
+    conv = Conv2D
+    kwargs = dict(input_channel_padding=input_channel_padding,
+                  output_channel_padding=output_channel_padding)
+  else:
+    conv = keras.layers.Conv2D
+  if kernel_size == 1 and stride == 1 and rate == 1:
+    conv = PointwiseConv2D
   x = conv(filters, kernel_size, strides=stride, dilation_rate=rate, padding=padding,
-           use_bias=use_bias, kernel_initializer=kernel_initializer, name=name)(x)
+           use_bias=use_bias, kernel_initializer=kernel_initializer, name=name, **kwargs)(x)
   if bn_params is not None:
-    x = batch_norm(x, scope, bn_params)
+    x = batch_norm(x, scope, bn_params, output_channel_padding)
   if activation:
     x = relu(x, scope + "/relu", relu_max_value)
   return x
@@ -367,10 +617,11 @@ def conv2d_same(x, filters: int, kernel_size: int, stride: int, rate: int, scope
 def depthwise_conv2d_same(x, kernel_size: int, stride: int, rate: int, scope: str, *,
                           bn_params: Optional[BatchNormParams], activation: bool,
                           depthwise_initializer="glorot_uniform",
-                          relu_max_value: Optional[float] = None):
+                          relu_max_value: Optional[float] = None, channel_padding: int = 0):
   """Depthwise conv (multiplier 1) + BN (+ ReLU): slim's `separable_conv2d(num_outputs=None)`.
 
-  Padding as `conv2d_same`. Returns `[batch, ceil(height / stride), ceil(width / stride), channels]`.
+  Padding as `conv2d_same`; `channel_padding`: trailing zero channels of `x` (see `Conv2D`), kept in
+  the output. Returns `[batch, ceil(height / stride), ceil(width / stride), channels]`.
   """
   name = scope_to_layer_name(scope)
   if stride > 1:
@@ -380,9 +631,10 @@ def depthwise_conv2d_same(x, kernel_size: int, stride: int, rate: int, scope: st
     padding = "same"
   x = DepthwiseConv2D(kernel_size, strides=stride, dilation_rate=rate, padding=padding,
                       depth_multiplier=1, use_bias=bn_params is None,
-                      depthwise_initializer=depthwise_initializer, name=name)(x)
+                      depthwise_initializer=depthwise_initializer, channel_padding=channel_padding,
+                      name=name)(x)
   if bn_params is not None:
-    x = batch_norm(x, scope, bn_params)
+    x = batch_norm(x, scope, bn_params, channel_padding)
   if activation:
     x = relu(x, scope + "/relu", relu_max_value)
   return x
@@ -391,16 +643,19 @@ def depthwise_conv2d_same(x, kernel_size: int, stride: int, rate: int, scope: st
 def split_separable_conv2d(x, filters: int, scope: str, *, kernel_size: int = 3, stride: int = 1,
                            rate: int = 1, bn_params: BatchNormParams, activation: bool = True,
                            depthwise_initializer=None, pointwise_initializer=None,
-                           relu_max_value: Optional[float] = None):
+                           relu_max_value: Optional[float] = None, input_channel_padding: int = 0,
+                           output_channel_padding: int = 0):
   """DeepLab's separable conv: `<scope>_depthwise` (+BN[+ReLU]) then `<scope>_pointwise` 1x1 (+BN[+ReLU]).
 
   `activation=True` is the head's form (ASPP branches, decoder: BN + ReLU after both halves,
   `core/utils.py` `split_separable_conv2d`, with its initialisers: truncated normal 0.33 and 0.06);
   `activation=False` is Xception's pre-activation form (BN only, `core/xception.py`).
   `relu_max_value=6` makes the activations ReLU6 (`use_bounded_activation`).
+  `input_channel_padding` / `output_channel_padding`: trailing zero channels of `x` / to append to
+  the output (see `Conv2D`).
 
   Returns:
-    `[batch, ceil(height / stride), ceil(width / stride), filters]` tensor.
+    `[batch, ceil(height / stride), ceil(width / stride), filters + output_channel_padding]` tensor.
   """
   if depthwise_initializer is None:
     depthwise_initializer = keras.initializers.TruncatedNormal(stddev=0.33)
@@ -408,10 +663,11 @@ def split_separable_conv2d(x, filters: int, scope: str, *, kernel_size: int = 3,
     pointwise_initializer = keras.initializers.TruncatedNormal(stddev=0.06)
   x = depthwise_conv2d_same(x, kernel_size, stride, rate, scope + "_depthwise", bn_params=bn_params,
                             activation=activation, depthwise_initializer=depthwise_initializer,
-                            relu_max_value=relu_max_value)
+                            relu_max_value=relu_max_value, channel_padding=input_channel_padding)
   return conv2d_same(x, filters, 1, 1, 1, scope + "_pointwise", bn_params=bn_params,
                      activation=activation, kernel_initializer=pointwise_initializer,
-                     relu_max_value=relu_max_value)
+                     relu_max_value=relu_max_value, input_channel_padding=input_channel_padding,
+                     output_channel_padding=output_channel_padding)
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")

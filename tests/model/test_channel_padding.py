@@ -1,0 +1,214 @@
+"""Channel padding (`layers.Conv2D`): layers whose inputs and outputs carry trailing zero channels.
+
+Each padded layer is compared with the unpadded layer holding the same weights, on the same real
+channels: outputs, input gradients and variable gradients must agree to float32 rounding (the padded
+channels add exact zeros to every sum, so only the kernels' summation blocking can differ: 1e-5
+relative), and the padded output channels must be exactly zero.
+"""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import deeplab_tf
+from deeplab_tf import options
+from deeplab_tf.model import folding, layers
+from deeplab_tf.model.encoders import xception
+
+RNG = np.random.default_rng(0)
+TOLERANCE = 1e-5  # Relative: float32 sums over the same terms in another order (module docstring).
+
+
+def _close(actual, expected):
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  np.testing.assert_allclose(actual, expected, rtol=0, atol=TOLERANCE * max(np.abs(expected).max(), 1))
+
+
+def _pad(x, padding):
+  return tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, padding]])
+
+
+def _outputs_and_gradients(layer, x, training, dy):
+  """The layer's output, and the gradients of `sum(y[..., :real channels] * dy)`."""
+  x = tf.convert_to_tensor(x)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    y = layer(x, training=training) if training is not None else layer(x)
+    loss = tf.reduce_sum(y[..., :dy.shape[-1]] * dy)
+  return y, tape.gradient(loss, x), tape.gradient(loss, layer.trainable_weights)
+
+
+def _check(padded, plain, channels_in, padding_in, channels_out, padding_out, training=None):
+  x = RNG.standard_normal((2, 9, 9, channels_in)).astype(np.float32)
+  plain.build(x.shape)
+  padded.build(x.shape[:-1] + (channels_in + padding_in,))
+  assert [w.shape for w in padded.weights] == [w.shape for w in plain.weights]
+  for w in plain.weights:  # Non-trivial statistics for the BatchNorm.
+    w.assign(RNG.uniform(0.5, 1.5, w.shape) if "variance" in w.path else RNG.standard_normal(w.shape))
+  padded.set_weights(plain.get_weights())
+  dy = tf.constant(RNG.standard_normal(plain.compute_output_shape(x.shape)), tf.float32)
+  y, dx, dw = _outputs_and_gradients(padded, _pad(x, padding_in), training, dy)
+  y_ref, dx_ref, dw_ref = _outputs_and_gradients(plain, x, training, dy)
+  assert y.shape[-1] == channels_out + padding_out
+  assert np.all(y.numpy()[..., channels_out:] == 0)
+  _close(y[..., :channels_out], y_ref)
+  _close(dx[..., :channels_in], dx_ref)
+  for g, g_ref in zip(dw, dw_ref):
+    _close(g, g_ref)
+  return padded, plain
+
+
+@pytest.mark.parametrize("strides,kernel_size", [(1, 1), (2, 1), (1, 3)])
+def test_conv2d(strides, kernel_size):
+  args = dict(filters=12, kernel_size=kernel_size, strides=strides, use_bias=True, padding="same")
+  _check(layers.Conv2D(input_channel_padding=3, output_channel_padding=4, **args),
+         keras.layers.Conv2D(**args), 5, 3, 12, 4)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_pointwise_conv2d_as_matmul_and_convolution(training):
+  _check(layers.PointwiseConv2D(12, 1, use_bias=True, input_channel_padding=3,
+                                output_channel_padding=4),
+         keras.layers.Conv2D(12, 1, use_bias=True), 5, 3, 12, 4, training=training)
+
+
+@pytest.mark.parametrize("strides,dilation", [(1, 1), (2, 1), (1, 2)])
+def test_depthwise_conv2d(strides, dilation):
+  args = dict(kernel_size=3, strides=strides, dilation_rate=dilation, padding="same", use_bias=True)
+  _check(layers.DepthwiseConv2D(channel_padding=3, **args), keras.layers.DepthwiseConv2D(**args),
+         5, 3, 5, 3)
+
+
+def test_bfloat16_strided_depthwise_conv2d():
+  """The float32 input-gradient path (`depthwise_conv2d_float32_input_gradient`) on padded channels."""
+  policy = keras.mixed_precision.Policy("mixed_bfloat16")
+  padded = layers.DepthwiseConv2D(3, strides=2, channel_padding=3, dtype=policy)
+  plain = layers.DepthwiseConv2D(3, strides=2, dtype=policy)
+  x = tf.cast(RNG.standard_normal((2, 9, 9, 5)), tf.bfloat16)
+  plain.build(x.shape)
+  padded.build((2, 9, 9, 8))
+  padded.set_weights(plain.get_weights())
+  dy = tf.cast(RNG.standard_normal((2, 4, 4, 5)), tf.bfloat16)  # VALID: (9 - 3) // 2 + 1.
+  results = []
+  for layer, inputs in ((padded, _pad(x, 3)), (plain, x)):
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch(inputs)
+      y = layer(inputs)
+      loss = tf.reduce_sum(tf.cast(y[..., :5] * dy, tf.float32))
+    results.append((y, tape.gradient(loss, inputs), tape.gradient(loss, layer.kernel)))
+  (y, dx, dkernel), (y_ref, dx_ref, dkernel_ref) = results
+  assert y.dtype == tf.bfloat16 and np.all(y.numpy()[..., 5:] == 0)
+  # The same bfloat16 products and sums; zeros added: equal up to bfloat16 rounding (2**-8).
+  for a, b in ((y[..., :5], y_ref), (dx[..., :5], dx_ref), (dkernel, dkernel_ref)):
+    a, b = tf.cast(a, tf.float32).numpy(), tf.cast(b, tf.float32).numpy()
+    np.testing.assert_allclose(a, b, atol=2 ** -8 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm(training):
+  padded, plain = _check(layers.FusedBatchNormalization(channel_padding=3, momentum=0.5),
+                         layers.FusedBatchNormalization(momentum=0.5), 5, 3, 5, 3, training=training)
+  for w, w_ref in zip(padded.non_trainable_weights, plain.non_trainable_weights):
+    assert w.shape == (5,)
+    _close(w, w_ref)  # Moving averages: updated from the real channels' moments only.
+
+
+def test_bfloat16_batch_norm_on_736_channels_pads_nothing_more():
+  layer = layers.FusedBatchNormalization(channel_padding=8,
+                                         dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
+  x = tf.zeros((1, 3, 3, 736), tf.bfloat16)
+  graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(x).graph
+  kinds = [op.type for op in graph.get_operations()]
+  assert "FusedBatchNormV3" in kinds
+  assert "Slice" not in kinds  # The bfloat16 padding to 16 channels had nothing to add.
+  assert layer.gamma.shape == (728,)
+
+
+def test_configs_round_trip_and_bad_paddings():
+  for layer in (layers.Conv2D(4, 1, input_channel_padding=2, output_channel_padding=3),
+                layers.PointwiseConv2D(4, 1, output_channel_padding=3),
+                layers.DepthwiseConv2D(3, channel_padding=2),
+                layers.FusedBatchNormalization(channel_padding=2)):
+    config = json.loads(json.dumps(layer.get_config()))
+    assert layers.channel_paddings(layer.__class__.from_config(config)) == layers.channel_paddings(layer)
+    assert layers.channel_paddings(layer.__class__.from_config(
+        layers.config_without_channel_padding(config))) == (0, 0)
+  with pytest.raises(ValueError, match="must be >= 0"):
+    layers.Conv2D(4, 1, output_channel_padding=-1)
+  with pytest.raises(ValueError, match="channels_last"):
+    layers.Conv2D(4, 1, input_channel_padding=2, data_format="channels_first")
+  with pytest.raises(ValueError, match="depth_multiplier=1"):
+    layers.DepthwiseConv2D(3, depth_multiplier=2, channel_padding=2)
+  with pytest.raises(ValueError, match="more channels"):
+    layers.FusedBatchNormalization(channel_padding=4).build((1, 3, 3, 4))
+  with pytest.raises(ValueError, match="4-D channels-last"):
+    layers.FusedBatchNormalization(channel_padding=2)(tf.zeros((2, 6)))
+
+
+def _xception(multiple, **kwargs):
+  model_options = options.ModelOptions(model_variant="xception_65", num_classes=5,
+                                       output_stride=16, atrous_rates=(6, 12, 18),
+                                       decoder_output_stride=(8,), **kwargs)
+  keras.utils.set_random_seed(1)  # The same dropout masks in both models.
+  previous, xception.CHANNEL_MULTIPLE = xception.CHANNEL_MULTIPLE, multiple
+  try:
+    return deeplab_tf.build_deeplab(model_options, input_shape=(65, 65, 3))
+  finally:
+    xception.CHANNEL_MULTIPLE = previous
+
+
+@pytest.fixture(scope="module")
+def xception_pair():
+  plain, padded = _xception(1), _xception(16)
+  weights = [w + (np.abs(RNG.standard_normal(w.shape)).astype(np.float32) if "variance" in v.path
+                  else 0.1 * RNG.standard_normal(w.shape).astype(np.float32) if w.ndim == 1 else 0)
+             for w, v in zip(plain.get_weights(), plain.weights)]
+  plain.set_weights(weights)
+  padded.set_weights(weights)
+  return plain, padded
+
+
+def _padded_activations(model):
+  graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+      tf.TensorSpec((1, 65, 65, 3), tf.float32)).graph
+  return sum(1 for op in graph.get_operations() for t in op.outputs
+             if t.shape.rank == 4 and t.shape[-1] == 736)
+
+
+def test_xception_65_carries_728_channels_as_736_with_the_original_variables(xception_pair):
+  plain, padded = xception_pair
+  assert [(w.path, w.shape) for w in padded.weights] == [(w.path, w.shape) for w in plain.weights]
+  assert sum(1 for layer in padded.layers if any(layers.channel_paddings(layer))) == 212
+  assert _padded_activations(padded) > 200 and _padded_activations(plain) == 0
+  x = RNG.uniform(0, 255, (2, 65, 65, 3)).astype(np.float32)
+  _close(padded(x, training=False), plain(x, training=False))
+  # The decoder reads entry_flow/block3's 728-channel feature at stride 8: unpadded.
+  assert padded.get_layer(
+      "xception_65.entry_flow.block3.unit_1.xception_module.separable_conv2_pointwise.unpadded"
+  ).output.shape[-1] == 728
+
+
+def test_xception_65_trains_as_unpadded(xception_pair):
+  plain, padded = xception_pair
+  x = RNG.uniform(0, 255, (2, 65, 65, 3)).astype(np.float32)
+  y, y_ref = padded(x, training=True), plain(x, training=True)
+  # Training-mode BN normalises 5x5 middle-flow features by their batch moments, which amplifies
+  # float32 rounding: computing the 1x1 convolutions as convolutions instead of matrix products
+  # moved these outputs by 2.7e-5 of 0.37, padding by 3.0e-5; an error in the padded channels
+  # would move them by the size of the outputs.
+  np.testing.assert_allclose(y, y_ref, atol=1e-3 * np.abs(y_ref).max())
+  for v, v_ref in zip(padded.non_trainable_weights, plain.non_trainable_weights):
+    np.testing.assert_allclose(v, v_ref, atol=1e-5, err_msg=v.path)
+
+
+def test_folds_and_exports_drop_the_padding(xception_pair):
+  plain, padded = xception_pair
+  x = RNG.uniform(0, 255, (1, 65, 65, 3)).astype(np.float32)
+  expected = plain(x, training=False)
+  for model in (folding.fold_batch_norm(padded), folding.fold_batch_norm(padded, live=True),
+                layers.without_channel_padding(padded)):
+    assert _padded_activations(model) == 0
+    _close(model(x, training=False), expected)
