@@ -65,9 +65,22 @@ def graph_multiply_adds(graph) -> int:
   return total
 
 
+def real_channels(model):
+  """`model` without the zero channels Xception carries for speed (`layers.without_channel_padding`),
+  so that counts are of the architecture's multiply-adds; `model` itself for a deeplab_tf without
+  channel padding (a previous commit's) or another library's model."""
+  try:
+    from deeplab_tf.model.layers import without_channel_padding  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return model
+  return without_channel_padding(model) if hasattr(model, "layers") else model
+
+
 def keras_model_multiply_adds(model, input_shape) -> int:
-  """Multiply-adds of one inference call of a Keras model on a float32 input of `input_shape`."""
+  """Multiply-adds of one inference call of a Keras model on a float32 input of `input_shape`
+  (of its real channels: `real_channels`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model = real_channels(model)
   function = tf.function(lambda x: model(x, training=False))
   return graph_multiply_adds(function.get_concrete_function(
       tf.TensorSpec(input_shape, tf.float32)).graph)

@@ -25,15 +25,17 @@ ZOO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def conv_multiply_adds(model: keras.Model) -> int:
-  """Multiply-adds of every Conv2D / DepthwiseConv2D of a model built at a static input size."""
+  """Multiply-adds of every Conv2D / DepthwiseConv2D of a model built at a static input size.
+
+  Output pixels times the kernel's size (`[kh, kw, in, out]`, depthwise `[kh, kw, channels, 1]`),
+  so the zero channels Xception carries for speed (`layers.Conv2D`) are not counted.
+  """
   total = 0
   for layer in model.layers:
-    if isinstance(layer, keras.layers.Conv2D):  # DepthwiseConv2D is not a Conv2D subclass in Keras 3.
-      h, w, c = layer.output.shape[1:]
-      total += h * w * c * int(np.prod(layer.kernel_size)) * layer.input.shape[-1]
-    elif isinstance(layer, keras.layers.DepthwiseConv2D):
-      h, w, c = layer.output.shape[1:]
-      total += h * w * c * int(np.prod(layer.kernel_size))
+    # DepthwiseConv2D is not a Conv2D subclass in Keras 3.
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+      h, w = layer.output.shape[1:3]
+      total += h * w * int(np.prod(layer.kernel.shape))
   return int(total)
 
 

@@ -94,7 +94,6 @@ def _logits(model, images, training):
 
 
 def multiply_adds(concrete_function):
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import flops  # pylint: disable=g-import-not-at-top
   return flops.graph_multiply_adds(concrete_function.graph)
 
@@ -125,10 +124,13 @@ def model_runner(args):
   rng = np.random.default_rng(0)
   images = tf.constant(rng.uniform(0, 255, (batch, crop, crop, 3)).astype(np.float32))
   spec = tf.TensorSpec(images.shape, tf.float32)
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import flops  # pylint: disable=g-import-not-at-top
+  counted = flops.real_channels(model) if candidate.startswith("deeplab_tf") else model
 
   if args["mode"] == "inference":
     function = tf.function(lambda x: _logits(model, x, False))
-    macs = multiply_adds(function.get_concrete_function(spec))
+    macs = multiply_adds(tf.function(lambda x: _logits(counted, x, False)).get_concrete_function(spec))
     if candidate == "deeplab_tf_eager":
       return (lambda: _logits(model, images, False).numpy()), macs
     if candidate in ("deeplab_tf_predict", "deeplab_tf_binaries"):
@@ -153,7 +155,7 @@ def model_runner(args):
       v.assign_sub(1e-4 * m)
     return loss
 
-  forward = tf.function(lambda x: _logits(model, x, True))
+  forward = tf.function(lambda x: _logits(counted, x, True))
   # Forward and backward: about 3x the forward multiply-adds (one for the activations' gradient, one
   # for the weights'); reported as that.
   macs = 3 * multiply_adds(forward.get_concrete_function(spec))
