@@ -293,9 +293,11 @@ def fold_batch_norm(model: keras.Model, live: bool = False) -> keras.Model:
   def clone(layer):
     config = deeplab_layers.config_without_channel_padding(layer.get_config())
     policy = _weights_in_compute_dtype(layer.dtype_policy)
-    config["dtype"] = policy
+    # Serialised, not the policy object: Keras' automatic `get_config` of layers without their own
+    # (FoldedBatchNorm, ResizeLike) needs JSON-able constructor arguments, or the copy cannot be saved.
+    config["dtype"] = keras.dtype_policies.serialize(policy)
     if layer.name in pairs:
-      return FoldedBatchNorm(name=layer.name, dtype=policy)
+      return FoldedBatchNorm(name=layer.name, dtype=config["dtype"])
     if layer.name in folded_convs:
       config["use_bias"] = layer.name not in bias_moved
       config["bias_initializer"] = "zeros"

@@ -229,3 +229,20 @@ def test_mixed_precision_copy_stores_weights_in_bfloat16(monkeypatch):
   mixed = fold_batch_norm(model)
   assert mixed.get_layer("MobilenetV2.Conv").kernel.dtype == "float32"
   np.testing.assert_array_equal(ours, mixed(x, training=False).numpy())
+
+
+def test_folded_copy_saves_and_loads(tmp_path):
+  """A folded copy (here of a mixed_bfloat16 model, with bfloat16 weights) round-trips through
+  `.keras`: every layer has a config, and the loaded model computes the same labels' logits."""
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    model = deeplab_tf.build_deeplab(deeplab_tf.ModelOptions(**rc.VARIANT_CASES["mobilenet_v2"][0]))
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  folded = fold_batch_norm(model)
+  path = str(tmp_path / "folded.keras")
+  folded.save(path)
+  loaded = keras.models.load_model(path)
+  assert loaded.get_layer("MobilenetV2.Conv").kernel.dtype == "bfloat16"
+  x = np.random.default_rng(0).uniform(0, 255, (1, 65, 65, 3)).astype(np.float32)
+  np.testing.assert_array_equal(loaded(x, training=False).numpy(), folded(x, training=False).numpy())
