@@ -92,7 +92,9 @@ class LiveFoldedConv(keras.layers.Layer):
 
   def compute_output_shape(self, input_shape):
     shape = tuple(self.conv.compute_output_shape(input_shape))
-    return shape[:-1] + (shape[-1] - deeplab_layers.channel_paddings(self.conv)[1] + self.paddings[1],)
+    if isinstance(self.conv, keras.layers.DepthwiseConv2D):
+      return shape  # Its output channels are its input's.
+    return shape[:-1] + (self.conv.filters + self.paddings[1],)
 
 
 def _live_scale_and_bias(conv, bn) -> Tuple[tf.Tensor, tf.Tensor]:

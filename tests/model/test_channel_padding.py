@@ -212,3 +212,33 @@ def test_folds_and_exports_drop_the_padding(xception_pair):
                 layers.without_channel_padding(padded)):
     assert _padded_activations(model) == 0
     _close(model(x, training=False), expected)
+
+
+def test_live_folded_convolutions_report_their_output_channels():
+  depthwise = layers.DepthwiseConv2D(3, padding="same", channel_padding=3)
+  depthwise.build((1, 9, 9, 8))
+  pointwise = layers.PointwiseConv2D(6, 1, input_channel_padding=3, output_channel_padding=2)
+  pointwise.build((1, 9, 9, 8))
+  bn = layers.FusedBatchNormalization()
+  for conv, unpadded, padded in ((depthwise, 5, 8), (pointwise, 6, 8)):
+    assert folding.LiveFoldedConv(conv, bn).compute_output_shape((1, 9, 9, 5)) == (1, 9, 9, unpadded)
+    assert folding.LiveFoldedConv(conv, bn, keep_channel_padding=True).compute_output_shape(
+        (1, 9, 9, 8)) == (1, 9, 9, padded)
+
+
+def test_live_fold_keeps_the_padding_around_an_unfolded_padded_layer():
+  """A padded convolution without BatchNorm is shared as is by the live fold, so the folded pair
+  before it must keep producing padded channels."""
+  def build(padding):
+    images = keras.Input((9, 9, 5 + padding))
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, channel_padding=padding)(images)
+    x = layers.FusedBatchNormalization(channel_padding=padding)(x)
+    x = layers.Conv2D(4, 1, input_channel_padding=padding)(x)  # No BN: not folded.
+    return keras.Model(images, x)
+  padded, plain = build(3), build(0)
+  for w in plain.weights:
+    w.assign(RNG.uniform(0.5, 1.5, w.shape) if "variance" in w.path else RNG.standard_normal(w.shape))
+  padded.set_weights(plain.get_weights())
+  live = folding.fold_batch_norm(padded, live=True)
+  x = RNG.standard_normal((2, 9, 9, 5)).astype(np.float32)
+  _close(live(_pad(x, 3)), plain(x, training=False))
