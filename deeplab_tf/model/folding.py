@@ -29,7 +29,6 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_tf.model import layers as deeplab_layers
-from deeplab_tf.model.layers import PointwiseConv2D
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")
@@ -303,7 +302,7 @@ def fold_batch_norm(model: keras.Model, live: bool = False) -> keras.Model:
     if layer.name in folded_convs:
       config["use_bias"] = layer.name not in bias_moved
       config["bias_initializer"] = "zeros"
-      if isinstance(layer, PointwiseConv2D) and policy.compute_dtype == "float32":
+      if isinstance(layer, deeplab_layers.PointwiseConv2D) and policy.compute_dtype == "float32":
         config["matmul_at_inference"] = True
     if layer.name in moved:
       return BiasedAdd.from_config(config)
