@@ -28,6 +28,8 @@ flags.DEFINE_string("precision", "float32", "float32 or mixed_bfloat16.")
 flags.DEFINE_integer("crop", 513, "Square crop.")
 flags.DEFINE_integer("batch", 2, "Batch.")
 flags.DEFINE_integer("steps", 2, "Profiled calls.")
+flags.DEFINE_integer("warmup", 6, "Unprofiled calls first: tracing, and the first training "
+                     "steps' fresh memory (page faults made single ops there 10-40x slower).")
 flags.DEFINE_integer("top", 25, "Op types to print.")
 FLAGS = flags.FLAGS
 
@@ -61,7 +63,7 @@ def main(argv):
   args = dict(candidate=FLAGS.candidate, precision=FLAGS.precision, crop=FLAGS.crop,
               batch=FLAGS.batch, mode=FLAGS.mode)
   run, _ = worker.model_runner(args)
-  for _ in range(2):
+  for _ in range(FLAGS.warmup):
     run()
   logdir = tempfile.mkdtemp(prefix="deeplab_profile_")
   tf.profiler.experimental.start(logdir)
