@@ -79,9 +79,8 @@ class LiveFoldedConv(keras.layers.Layer):
     kernel = deeplab_layers.pad_kernel(tf.cast(kernel, inputs.dtype), depthwise, input_padding,
                                        output_padding)
     if depthwise:
-      outputs = keras.ops.depthwise_conv(inputs, kernel, strides=conv.strides, padding=conv.padding,
-                                         dilation_rate=conv.dilation_rate,
-                                         data_format=conv.data_format)
+      outputs = deeplab_layers.depthwise_conv(inputs, kernel, conv.strides, conv.padding,
+                                              conv.dilation_rate, conv.data_format)
     else:
       outputs = conv.convolution_op(inputs, kernel)
     if not self.with_bias:

@@ -10,6 +10,7 @@ moving_variance}`, exactly as slim names them (research/deeplab `core/xception.p
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Sequence, Tuple
 
 import keras
@@ -439,10 +440,93 @@ def depthwise_conv2d_float32_input_gradient(x, kernel, strides: Sequence[int], p
   return convolution(x, kernel)
 
 
+# Stride-1 dilated depthwise convolutions whose dilated kernel spans at most this many pixels
+# (`(kernel_size - 1) * rate + 1`) run on TF's DepthwiseConv2dNative with the dilation in place
+# (`dilated_depthwise_conv2d`). On a 2-vCPU AVX-512 EPYC (TF 2.21, oneDNN) that forward took 0.35-0.6x
+# the time of the space-to-batch form at Xception-65's rates 2-6; at spans of 15 and more it took
+# 2-5x (oneDNN's fast kernel stops there), so those keep space-to-batch
+# (`benchmarks/dilated_depthwise.py`).
+NATIVE_DILATED_DEPTHWISE_MAX_SPAN = 13
+
+
+@functools.lru_cache(maxsize=None)
+def native_dilated_depthwise_available() -> bool:
+  """Whether DepthwiseConv2dNative computes dilations here (probed once, on the CPU).
+
+  TF's oneDNN CPU kernel does; TF's own CPU kernel (oneDNN off: `TF_ENABLE_ONEDNN_OPTS=0`, or a build
+  without it) raises `UnimplementedError`. With a GPU visible the answer is False: the op would be
+  placed there, and this is not checked.
+  """
+  if tf.config.list_physical_devices("GPU"):
+    return False
+  with tf.init_scope(), tf.device("/CPU:0"):
+    try:
+      tf.raw_ops.DepthwiseConv2dNative(input=tf.ones([1, 5, 5, 1]), filter=tf.ones([3, 3, 1, 1]),
+                                       strides=[1, 1, 1, 1], padding="SAME",
+                                       dilations=[1, 2, 2, 1])
+    except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+      return False
+  return True
+
+
+def dilated_depthwise_conv2d(x, kernel, rate: Sequence[int], padding: str):
+  """A stride-1 dilated (atrous) depthwise convolution computed with the dilation in place.
+
+  `tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], padding, dilations=rate)` computes a dilated
+  depthwise convolution as SpaceToBatchND, an undilated convolution and BatchToSpaceND (as in the
+  original, whose slim `separable_conv2d` calls it). This runs DepthwiseConv2dNative with its
+  `dilations` instead: the same function, faster on oneDNN (`NATIVE_DILATED_DEPTHWISE_MAX_SPAN`).
+  TF's CPU gradient kernels of that op ignore `dilations` (their gradients came out wrong, max error
+  the size of the gradient itself), so the gradient is that of the space-to-batch form.
+
+  Args:
+    x: `[batch, height, width, channels]` float32 or bfloat16 tensor.
+    kernel: `[kernel_height, kernel_width, channels, multiplier]` tensor of `x`'s dtype.
+    rate: `(rate_height, rate_width)`, the dilation in pixels.
+    padding: 'SAME' or 'VALID'.
+
+  Returns:
+    `[batch, out_height, out_width, channels * multiplier]` in `x`'s dtype.
+  """
+  dilations = [1, int(rate[0]), int(rate[1]), 1]
+
+  @tf.custom_gradient
+  def convolution(x, kernel):
+    def gradient(dy):
+      with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        y = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], padding, dilations=dilations[1:3])
+      return tape.gradient(y, [x, kernel], output_gradients=dy)
+    return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, strides=[1, 1, 1, 1],
+                                            padding=padding, dilations=dilations), gradient
+
+  return convolution(x, kernel)
+
+
+def depthwise_conv(inputs, kernel, strides, padding: str, dilation_rate, data_format: str):
+  """`keras.ops.depthwise_conv` (same arguments), with `dilated_depthwise_conv2d` where it is faster.
+
+  That is: stride 1, a dilation above 1, channels_last, float32 or bfloat16, a dilated kernel span of
+  at most `NATIVE_DILATED_DEPTHWISE_MAX_SPAN` pixels, and `native_dilated_depthwise_available()`.
+  """
+  strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+  rate = (dilation_rate,) * 2 if isinstance(dilation_rate, int) else tuple(dilation_rate)
+  span = max((k - 1) * r + 1 for k, r in zip(kernel.shape[:2], rate))
+  if (max(rate) > 1 and max(strides) == 1 and data_format == "channels_last"
+      and inputs.dtype in (tf.float32, tf.bfloat16) and span <= NATIVE_DILATED_DEPTHWISE_MAX_SPAN
+      and native_dilated_depthwise_available()):
+    return dilated_depthwise_conv2d(inputs, kernel, rate, padding.upper())
+  return keras.ops.depthwise_conv(inputs, kernel, strides=strides, padding=padding,
+                                  dilation_rate=rate, data_format=data_format)
+
+
 @keras.saving.register_keras_serializable(package="deeplab_tf")
 class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
-  """Keras' DepthwiseConv2D (same variables, config and forward computation) with a faster strided
-  bfloat16 input gradient.
+  """Keras' DepthwiseConv2D (same variables, config and function) with faster dilated convolutions
+  and a faster strided bfloat16 input gradient.
+
+  Dilated (atrous) stride-1 convolutions go through `depthwise_conv`, which runs the short ones with
+  the dilation in place rather than as space-to-batch (`dilated_depthwise_conv2d`).
 
   On bfloat16 inputs with a stride above 1 the gradient with respect to the input comes from the
   float32 kernel (`depthwise_conv2d_float32_input_gradient`, `BF16_STRIDED_DEPTHWISE_INPUT_GRADIENT_
@@ -481,16 +565,15 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     float32_input_gradient = (
         inputs.dtype == tf.bfloat16 and BF16_STRIDED_DEPTHWISE_INPUT_GRADIENT_IN_FLOAT32
         and max(self.strides) > 1 and self.data_format == "channels_last")
-    if not (float32_input_gradient or self.channel_padding):
+    if not (float32_input_gradient or self.channel_padding or max(self.dilation_rate) > 1):
       return super().call(inputs)
     kernel = pad_kernel(tf.cast(self.kernel, inputs.dtype), True, self.channel_padding)
     if float32_input_gradient:
       outputs = depthwise_conv2d_float32_input_gradient(
           inputs, kernel, (1,) + tuple(self.strides) + (1,), self.padding.upper())
     else:
-      outputs = keras.ops.depthwise_conv(inputs, kernel, strides=self.strides, padding=self.padding,
-                                         dilation_rate=self.dilation_rate,
-                                         data_format=self.data_format)
+      outputs = depthwise_conv(inputs, kernel, self.strides, self.padding, self.dilation_rate,
+                               self.data_format)
     if self.use_bias:
       outputs = tf.nn.bias_add(
           outputs, pad_channels(tf.cast(self.bias, outputs.dtype), self.channel_padding))

@@ -1,7 +1,9 @@
-"""`layers.DepthwiseConv2D`: Keras' layer whose strided bfloat16 input gradient runs in float32.
+"""`layers.DepthwiseConv2D`: Keras' layer with dilations in place and a float32 strided bf16 gradient.
 
-The reference is TF's own gradient of `tf.nn.depthwise_conv2d` in float32 on the same (bfloat16-
-representable) values; the bfloat16 results carry bfloat16's 2**-8 relative rounding.
+The reference is TF's own `tf.nn.depthwise_conv2d` and its gradient, in float32 on the same (bfloat16-
+representable) values; the bfloat16 results carry bfloat16's 2**-8 relative rounding. Dilated
+convolutions (`layers.dilated_depthwise_conv2d`) sum the same float32 terms as the space-to-batch
+form, possibly in another order: 1e-5 relative.
 """
 
 import keras
@@ -78,3 +80,90 @@ def test_layer_serialises_and_is_built_by_depthwise_conv2d_same():
   assert isinstance(layer, layers.DepthwiseConv2D)
   clone = keras.Model.from_config(model.get_config())
   assert type(clone.get_layer("sep_depthwise")) is layers.DepthwiseConv2D
+
+
+def _graph_op_types(function, *args):
+  return [op.type for op in tf.function(function).get_concrete_function(*args).graph.get_operations()]
+
+
+@pytest.mark.parametrize("kernel_size,rate", [(3, 2), (3, 6), (5, 3), (3, (2, 1))])
+def test_dilated_convolution_and_gradients_equal_space_to_batch(kernel_size, rate):
+  rate = (rate, rate) if isinstance(rate, int) else rate
+  x = tf.constant(RNG.standard_normal((2, 17, 15, 6)), tf.float32)
+  kernel = tf.constant(RNG.standard_normal((kernel_size, kernel_size, 6, 1)), tf.float32)
+  dy = tf.constant(RNG.standard_normal((2, 17, 15, 6)), tf.float32)
+  results = []
+  for convolution in (layers.dilated_depthwise_conv2d,
+                      lambda x, k, rate, padding: tf.nn.depthwise_conv2d(
+                          x, k, [1, 1, 1, 1], padding, dilations=rate)):
+    with tf.GradientTape() as tape:
+      tape.watch([x, kernel])
+      y = convolution(x, kernel, rate, "SAME")
+    results.append([y, *tape.gradient(y, [x, kernel], output_gradients=dy)])
+  for got, want in zip(*results):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0,
+                               atol=1e-5 * np.abs(want.numpy()).max())
+
+
+def test_dilated_input_gradient_against_finite_differences():
+  """TF's CPU DepthwiseConv2dNative gradient kernels ignore dilations: this would catch their use."""
+  x = tf.constant(RNG.standard_normal((1, 7, 7, 2)), tf.float32)
+  kernel = tf.constant(RNG.standard_normal((3, 3, 2, 1)), tf.float32)
+  for argument, function in ((x, lambda x: layers.dilated_depthwise_conv2d(x, kernel, (2, 2), "SAME")),
+                             (kernel, lambda k: layers.dilated_depthwise_conv2d(x, k, (2, 2), "SAME"))):
+    (analytic,), (numeric,) = tf.test.compute_gradient(function, [argument], delta=1e-2)
+    # The function is linear in each argument, so central differences are exact up to float32
+    # rounding of sums of ~9 terms of size ~3, divided by delta: ~1e-4.
+    np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-3)
+    assert np.abs(numeric).max() > 1
+
+
+@pytest.mark.parametrize("rate,in_place", [(2, True), (6, True), (7, False), (12, False)])
+def test_layer_runs_short_dilations_in_place(rate, in_place):
+  layer = layers.DepthwiseConv2D(3, dilation_rate=rate, padding="same", use_bias=True,
+                                 bias_initializer="random_normal")
+  x = tf.constant(RNG.standard_normal((1, 21, 21, 4)), tf.float32)
+  y = layer(x)
+  expected = tf.nn.depthwise_conv2d(x, layer.kernel, [1, 1, 1, 1], "SAME",
+                                    dilations=[rate, rate]) + layer.bias
+  np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=0,
+                             atol=1e-5 * np.abs(expected.numpy()).max())
+  in_place = in_place and layers.native_dilated_depthwise_available()
+  types = _graph_op_types(layer, x)
+  assert ("SpaceToBatchND" not in types) == in_place
+  if in_place:
+    graph = tf.function(layer).get_concrete_function(x).graph
+    convolution, = [op for op in graph.get_operations() if op.type == "DepthwiseConv2dNative"]
+    assert list(convolution.get_attr("dilations")) == [1, rate, rate, 1]
+
+
+def test_dilations_fall_back_to_space_to_batch_where_the_kernel_lacks_them(monkeypatch):
+  monkeypatch.setattr(layers, "native_dilated_depthwise_available", lambda: False)
+  layer = layers.DepthwiseConv2D(3, dilation_rate=2, padding="same", use_bias=False)
+  x = tf.constant(RNG.standard_normal((1, 9, 9, 4)), tf.float32)
+  assert "SpaceToBatchND" in _graph_op_types(layer, x)
+  expected = tf.nn.depthwise_conv2d(x, layer.kernel, [1, 1, 1, 1], "SAME", dilations=[2, 2])
+  np.testing.assert_allclose(layer(x).numpy(), expected.numpy(), rtol=0, atol=1e-5 * 9 * 16)
+
+
+def test_bfloat16_dilated_convolution_matches_float32():
+  layer = layers.DepthwiseConv2D(3, dilation_rate=2, padding="same", use_bias=False,
+                                 dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
+  x = _bf16_values((2, 11, 11, 16))
+  layer.build(x.shape)
+  layer.set_weights([_bf16_values((3, 3, 16, 1)).numpy()])
+  with tf.GradientTape() as tape:
+    x16 = tf.cast(x, tf.bfloat16)
+    tape.watch(x16)
+    y = layer(x16)
+  dx = tape.gradient(y, x16)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    expected = tf.nn.depthwise_conv2d(x, layer.kernel, [1, 1, 1, 1], "SAME", dilations=[2, 2])
+  expected_dx = tape.gradient(expected, x)
+  assert y.dtype == dx.dtype == tf.bfloat16
+  # <= 9 products of bfloat16 values summed in bfloat16 or float32: within 2**-6 of the largest.
+  for got, want in ((y, expected), (dx, expected_dx)):
+    got, want = tf.cast(got, tf.float32).numpy(), want.numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=2 ** -6 * np.abs(want).max())
