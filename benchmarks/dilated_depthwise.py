@@ -6,10 +6,13 @@ For each dilated 3x3 depthwise convolution of Xception-65 DeepLabv3+ at 513x513 
 exit flow rate 2, ASPP rates 6, 12, 18 on 33x33; output stride 8: rate 4 and ASPP 12, 24, 36 on
 65x65), times in milliseconds, medians of `--calls` alternating calls, batch `--batch`:
 - "space-to-batch": `tf.nn.depthwise_conv2d(..., dilations=rate)`, as the original computes it;
-- "in place": DepthwiseConv2dNative with its `dilations` (`layers.dilated_depthwise_conv2d`);
+- "in place": DepthwiseConv2dNative with its `dilations` (`layers.dilated_depthwise_conv2d`: the
+  whole rate where its span is at most `NATIVE_DILATED_DEPTHWISE_MAX_SPAN`, else split into a
+  space-to-batch block and an in-place rest, `layers.dilation_split`);
+- "in place, whole rate": DepthwiseConv2dNative with the whole rate, whatever its span;
 - the same two with the input and kernel gradients as well (`--gradients`), which
   `layers.dilated_depthwise_conv2d` takes from the space-to-batch form.
-The last column is what `layers.depthwise_conv` picks (`NATIVE_DILATED_DEPTHWISE_MAX_SPAN`).
+The last column is the split `layers.depthwise_conv` picks: (space-to-batch block, in-place rate).
 """
 
 import os
@@ -41,6 +44,8 @@ def _variants(size, channels, rate, dtype):
       "space-to-batch": lambda x, k: tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], "SAME",
                                                            dilations=[rate, rate]),
       "in place": lambda x, k: layers.dilated_depthwise_conv2d(x, k, (rate, rate), "SAME"),
+      "in place, whole rate": lambda x, k: tf.raw_ops.DepthwiseConv2dNative(
+          input=x, filter=k, strides=[1, 1, 1, 1], padding="SAME", dilations=[1, rate, rate, 1]),
   }
   variants = {name: tf.function(f) for name, f in forwards.items()}
   if FLAGS.gradients:
@@ -60,11 +65,10 @@ def _variants(size, channels, rate, dtype):
 
 def main(argv):
   del argv
-  print("| input (h=w, channels) | rate | dtype | variant | ms | depthwise_conv picks |")
+  print("| input (h=w, channels) | rate | dtype | variant | ms | split (block, rate) |")
   print("|---|---|---|---|---|---|")
   for size, channels, rate in SHAPES:
-    picks = "in place" if 2 * rate + 1 <= layers.NATIVE_DILATED_DEPTHWISE_MAX_SPAN else (
-        "space-to-batch")
+    picks = layers.dilation_split(rate, 3, size)
     for dtype in (tf.float32, tf.bfloat16):
       variants, args = _variants(size, channels, rate, dtype)
       times = {name: [] for name in variants}
@@ -76,7 +80,7 @@ def main(argv):
             times[name].append(time.perf_counter() - start)
       for name, t in times.items():
         print(f"| {size}, {channels} | {rate} | {dtype.name} | {name} | {np.median(t) * 1e3:.2f} | "
-              f"{picks} |")
+              f"{picks[0]}, {picks[1]} |")
 
 
 if __name__ == "__main__":

@@ -440,11 +440,12 @@ def depthwise_conv2d_float32_input_gradient(x, kernel, strides: Sequence[int], p
   return convolution(x, kernel)
 
 
-# Stride-1 dilated depthwise convolutions whose dilated kernel spans at most this many pixels
-# (`(kernel_size - 1) * rate + 1`) run on TF's DepthwiseConv2dNative with the dilation in place
-# (`dilated_depthwise_conv2d`). On a 2-vCPU AVX-512 EPYC (TF 2.21, oneDNN) that forward took 0.35-0.6x
-# the time of the space-to-batch form at Xception-65's rates 2-6; at spans of 15 and more it took
-# 2-5x (oneDNN's fast kernel stops there), so those keep space-to-batch
+# Stride-1 dilated depthwise convolutions run on TF's DepthwiseConv2dNative with the dilation in
+# place when the dilated kernel spans at most this many pixels (`(kernel_size - 1) * rate + 1`).
+# Larger rates are split: space-to-batch with a block that divides the rate, then the in-place
+# dilation of what is left. On a 2-vCPU AVX-512 EPYC (TF 2.21, oneDNN) the in-place forward took
+# 0.35-0.6x the time of TF's space-to-batch form at Xception-65's rates 2-6, but 2-10x at spans of 15
+# and more (oneDNN's fast kernel stops there); split, rates 12 and 18 on 33x33 took 0.4-0.6x
 # (`benchmarks/dilated_depthwise.py`).
 NATIVE_DILATED_DEPTHWISE_MAX_SPAN = 13
 
@@ -469,15 +470,56 @@ def native_dilated_depthwise_available() -> bool:
   return True
 
 
+def dilation_split(rate: int, kernel_size: int, size: Optional[int]) -> Optional[Tuple[int, int]]:
+  """`(block, inner_rate)` with `block * inner_rate == rate` and an inner span the fast kernel takes.
+
+  Among the splits whose inner span `(kernel_size - 1) * inner_rate + 1` is at most
+  `NATIVE_DILATED_DEPTHWISE_MAX_SPAN`, the one whose block pads `size` (pixels; None: unknown) least,
+  then the smallest block. None if there is none.
+  """
+  splits = [((-size) % block if size else 0, block, rate // block)
+            for block in range(1, rate + 1) if rate % block == 0
+            and (kernel_size - 1) * (rate // block) + 1 <= NATIVE_DILATED_DEPTHWISE_MAX_SPAN]
+  return min(splits)[1:] if splits else None
+
+
+def _dilation_splits(x, kernel, rate: Sequence[int], padding: str):
+  """`[(block, inner rate)]` of the height and width for `x` and `kernel`, or None if one has none."""
+  splits = [dilation_split(r, k, n) for r, k, n in zip(rate, kernel.shape[:2], x.shape[1:3])]
+  if None in splits or (padding != "SAME" and any(block > 1 for block, _ in splits)):
+    return None
+  return splits
+
+
+def _in_place_dilated_depthwise(x, kernel, rate: Sequence[int], padding: str):
+  """The forward of `dilated_depthwise_conv2d`; None where no split applies."""
+  splits = _dilation_splits(x, kernel, rate, padding)
+  if splits is None:
+    return None
+  blocks = [block for block, _ in splits]
+  dilations = [1] + [inner for _, inner in splits] + [1]
+  if blocks == [1, 1]:
+    return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, strides=[1, 1, 1, 1],
+                                            padding=padding, dilations=dilations)
+  # Zeros appended up to a multiple of the block stand where 'SAME' would pad: same outputs.
+  height, width = tf.shape(x)[1], tf.shape(x)[2]
+  y = tf.space_to_batch_nd(x, blocks, [[0, (-height) % blocks[0]], [0, (-width) % blocks[1]]])
+  y = tf.raw_ops.DepthwiseConv2dNative(input=y, filter=kernel, strides=[1, 1, 1, 1], padding="SAME",
+                                       dilations=dilations)
+  return tf.batch_to_space(y, blocks, [[0, 0], [0, 0]])[:, :height, :width]
+
+
 def dilated_depthwise_conv2d(x, kernel, rate: Sequence[int], padding: str):
-  """A stride-1 dilated (atrous) depthwise convolution computed with the dilation in place.
+  """A stride-1 dilated (atrous) depthwise convolution, with the dilation (or part of it) in place.
 
   `tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], padding, dilations=rate)` computes a dilated
-  depthwise convolution as SpaceToBatchND, an undilated convolution and BatchToSpaceND (as in the
-  original, whose slim `separable_conv2d` calls it). This runs DepthwiseConv2dNative with its
-  `dilations` instead: the same function, faster on oneDNN (`NATIVE_DILATED_DEPTHWISE_MAX_SPAN`).
-  TF's CPU gradient kernels of that op ignore `dilations` (their gradients came out wrong, max error
-  the size of the gradient itself), so the gradient is that of the space-to-batch form.
+  depthwise convolution as SpaceToBatchND with the rate as block, an undilated convolution and
+  BatchToSpaceND (as the original does: its slim `separable_conv2d` calls it). This runs
+  DepthwiseConv2dNative with its `dilations` instead, after a space-to-batch by a block that divides
+  the rate where the whole rate would span more than `NATIVE_DILATED_DEPTHWISE_MAX_SPAN` pixels
+  (`dilation_split`): the same function, faster on oneDNN. TF's CPU gradient kernels of that op
+  ignore `dilations` (their gradients came out wrong, max error the size of the gradient itself), so
+  the gradient is that of `tf.nn.depthwise_conv2d`.
 
   Args:
     x: `[batch, height, width, channels]` float32 or bfloat16 tensor.
@@ -486,19 +528,24 @@ def dilated_depthwise_conv2d(x, kernel, rate: Sequence[int], padding: str):
     padding: 'SAME' or 'VALID'.
 
   Returns:
-    `[batch, out_height, out_width, channels * multiplier]` in `x`'s dtype.
+    `[batch, out_height, out_width, channels * multiplier]` in `x`'s dtype; `tf.nn.depthwise_conv2d`'s
+    own result where no split applies ('VALID' padding with a rate above the span).
   """
-  dilations = [1, int(rate[0]), int(rate[1]), 1]
+  rate = [int(r) for r in rate]
 
   @tf.custom_gradient
   def convolution(x, kernel):
+    def reference(x, kernel):
+      return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], padding, dilations=rate)
+
     def gradient(dy):
       with tf.GradientTape() as tape:
         tape.watch([x, kernel])
-        y = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], padding, dilations=dilations[1:3])
+        y = reference(x, kernel)
       return tape.gradient(y, [x, kernel], output_gradients=dy)
-    return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, strides=[1, 1, 1, 1],
-                                            padding=padding, dilations=dilations), gradient
+
+    y = _in_place_dilated_depthwise(x, kernel, rate, padding)
+    return (reference(x, kernel) if y is None else y), gradient
 
   return convolution(x, kernel)
 
@@ -506,15 +553,15 @@ def dilated_depthwise_conv2d(x, kernel, rate: Sequence[int], padding: str):
 def depthwise_conv(inputs, kernel, strides, padding: str, dilation_rate, data_format: str):
   """`keras.ops.depthwise_conv` (same arguments), with `dilated_depthwise_conv2d` where it is faster.
 
-  That is: stride 1, a dilation above 1, channels_last, float32 or bfloat16, a dilated kernel span of
-  at most `NATIVE_DILATED_DEPTHWISE_MAX_SPAN` pixels, and `native_dilated_depthwise_available()`.
+  That is: stride 1, a dilation above 1, channels_last, float32 or bfloat16, a `dilation_split` of
+  each rate ('SAME' padding, or the rate's whole span within `NATIVE_DILATED_DEPTHWISE_MAX_SPAN`),
+  and `native_dilated_depthwise_available()`.
   """
   strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
   rate = (dilation_rate,) * 2 if isinstance(dilation_rate, int) else tuple(dilation_rate)
-  span = max((k - 1) * r + 1 for k, r in zip(kernel.shape[:2], rate))
   if (max(rate) > 1 and max(strides) == 1 and data_format == "channels_last"
-      and inputs.dtype in (tf.float32, tf.bfloat16) and span <= NATIVE_DILATED_DEPTHWISE_MAX_SPAN
-      and native_dilated_depthwise_available()):
+      and inputs.dtype in (tf.float32, tf.bfloat16) and native_dilated_depthwise_available()
+      and _dilation_splits(inputs, kernel, rate, padding.upper()) is not None):
     return dilated_depthwise_conv2d(inputs, kernel, rate, padding.upper())
   return keras.ops.depthwise_conv(inputs, kernel, strides=strides, padding=padding,
                                   dilation_rate=rate, data_format=data_format)

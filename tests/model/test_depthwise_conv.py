@@ -86,7 +86,7 @@ def _graph_op_types(function, *args):
   return [op.type for op in tf.function(function).get_concrete_function(*args).graph.get_operations()]
 
 
-@pytest.mark.parametrize("kernel_size,rate", [(3, 2), (3, 6), (5, 3), (3, (2, 1))])
+@pytest.mark.parametrize("kernel_size,rate", [(3, 2), (3, 6), (5, 3), (3, (2, 1)), (3, 12), (3, 18)])
 def test_dilated_convolution_and_gradients_equal_space_to_batch(kernel_size, rate):
   rate = (rate, rate) if isinstance(rate, int) else rate
   x = tf.constant(RNG.standard_normal((2, 17, 15, 6)), tf.float32)
@@ -119,23 +119,34 @@ def test_dilated_input_gradient_against_finite_differences():
     assert np.abs(numeric).max() > 1
 
 
-@pytest.mark.parametrize("rate,in_place", [(2, True), (6, True), (7, False), (12, False)])
-def test_layer_runs_short_dilations_in_place(rate, in_place):
+@pytest.mark.parametrize("rate,kernel_size,size,split", [
+    (2, 3, 33, (1, 2)), (6, 3, 33, (1, 6)), (7, 3, 33, (7, 1)),  # Span 15: 7 is prime.
+    (12, 3, 33, (3, 4)), (12, 3, 34, (2, 6)), (12, 3, None, (2, 6)), (18, 3, 33, (3, 6)),
+    (36, 3, 65, (6, 6)), (3, 5, 33, (1, 3)), (4, 5, 33, (2, 2)), (5, 1, 7, (1, 5))])
+def test_dilation_split(rate, kernel_size, size, split):
+  """The fewest padded pixels, then the smallest block, among inner spans <= 13 pixels."""
+  assert layers.dilation_split(rate, kernel_size, size) == split
+
+
+@pytest.mark.parametrize("rate,size,block,inner_rate", [
+    (2, 21, 1, 2), (6, 21, 1, 6), (12, 21, 3, 4), (12, 22, 2, 6), (7, 21, 7, 1), (18, 20, 3, 6)])
+def test_layer_runs_the_dilation_split(rate, size, block, inner_rate):
   layer = layers.DepthwiseConv2D(3, dilation_rate=rate, padding="same", use_bias=True,
                                  bias_initializer="random_normal")
-  x = tf.constant(RNG.standard_normal((1, 21, 21, 4)), tf.float32)
+  x = tf.constant(RNG.standard_normal((1, size, size, 4)), tf.float32)
   y = layer(x)
   expected = tf.nn.depthwise_conv2d(x, layer.kernel, [1, 1, 1, 1], "SAME",
                                     dilations=[rate, rate]) + layer.bias
   np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=0,
                              atol=1e-5 * np.abs(expected.numpy()).max())
-  in_place = in_place and layers.native_dilated_depthwise_available()
-  types = _graph_op_types(layer, x)
-  assert ("SpaceToBatchND" not in types) == in_place
-  if in_place:
-    graph = tf.function(layer).get_concrete_function(x).graph
-    convolution, = [op for op in graph.get_operations() if op.type == "DepthwiseConv2dNative"]
-    assert list(convolution.get_attr("dilations")) == [1, rate, rate, 1]
+  ops = tf.function(layer).get_concrete_function(x).graph.get_operations()
+  blocks = [tf.get_static_value(op.inputs[1]).tolist() for op in ops if op.type == "SpaceToBatchND"]
+  convolutions = [list(op.get_attr("dilations")) for op in ops if op.type == "DepthwiseConv2dNative"]
+  if not layers.native_dilated_depthwise_available():  # TF's own kernel: tf.nn's form.
+    assert blocks == [[rate, rate]] and convolutions == [[1, 1, 1, 1]]
+    return
+  assert blocks == ([] if block == 1 else [[block, block]])
+  assert convolutions == [[1, inner_rate, inner_rate, 1]]
 
 
 def test_dilations_fall_back_to_space_to_batch_where_the_kernel_lacks_them(monkeypatch):
