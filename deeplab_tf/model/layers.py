@@ -572,8 +572,8 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
   """Keras' DepthwiseConv2D (same variables, config and function) with faster dilated convolutions
   and a faster strided bfloat16 input gradient.
 
-  Dilated (atrous) stride-1 convolutions go through `depthwise_conv`, which runs the short ones with
-  the dilation in place rather than as space-to-batch (`dilated_depthwise_conv2d`).
+  Dilated (atrous) stride-1 convolutions go through `depthwise_conv`, which runs them with the
+  dilation in place, whole or after a smaller space-to-batch (`dilated_depthwise_conv2d`).
 
   On bfloat16 inputs with a stride above 1 the gradient with respect to the input comes from the
   float32 kernel (`depthwise_conv2d_float32_input_gradient`, `BF16_STRIDED_DEPTHWISE_INPUT_GRADIENT_

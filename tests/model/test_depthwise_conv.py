@@ -149,6 +149,20 @@ def test_layer_runs_the_dilation_split(rate, size, block, inner_rate):
   assert convolutions == [[1, inner_rate, inner_rate, 1]]
 
 
+def test_dilation_split_with_unknown_height_and_width():
+  """Compiled inference traces with relaxed shapes: the block's padding is then computed at run time."""
+  layer = layers.DepthwiseConv2D(3, dilation_rate=12, padding="same", use_bias=False)
+  layer.build((None, None, None, 4))
+  convolution = tf.function(layer, input_signature=[tf.TensorSpec([1, None, None, 4], tf.float32)])
+  for height, width in ((21, 22), (33, 17)):
+    x = tf.constant(RNG.standard_normal((1, height, width, 4)), tf.float32)
+    expected = tf.nn.depthwise_conv2d(x, layer.kernel, [1, 1, 1, 1], "SAME", dilations=[12, 12])
+    got = convolution(x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0,
+                               atol=1e-5 * np.abs(expected.numpy()).max())
+
+
 def test_dilations_fall_back_to_space_to_batch_where_the_kernel_lacks_them(monkeypatch):
   monkeypatch.setattr(layers, "native_dilated_depthwise_available", lambda: False)
   layer = layers.DepthwiseConv2D(3, dilation_rate=2, padding="same", use_bias=False)
