@@ -86,19 +86,21 @@ def _graph_op_types(function, *args):
   return [op.type for op in tf.function(function).get_concrete_function(*args).graph.get_operations()]
 
 
-@pytest.mark.parametrize("kernel_size,rate", [(3, 2), (3, 6), (5, 3), (3, (2, 1)), (3, 12), (3, 18)])
-def test_dilated_convolution_and_gradients_equal_space_to_batch(kernel_size, rate):
+@pytest.mark.parametrize("kernel_size,rate,padding", [
+    (3, 2, "SAME"), (3, 6, "SAME"), (5, 3, "SAME"), (3, (2, 1), "SAME"), (3, 12, "SAME"),
+    (3, 18, "SAME"), (3, 2, "VALID"), (3, 7, "VALID")])  # VALID 7 (block 7): tf.nn's own form.
+def test_dilated_convolution_and_gradients_equal_space_to_batch(kernel_size, rate, padding):
   rate = (rate, rate) if isinstance(rate, int) else rate
   x = tf.constant(RNG.standard_normal((2, 17, 15, 6)), tf.float32)
   kernel = tf.constant(RNG.standard_normal((kernel_size, kernel_size, 6, 1)), tf.float32)
-  dy = tf.constant(RNG.standard_normal((2, 17, 15, 6)), tf.float32)
   results = []
   for convolution in (layers.dilated_depthwise_conv2d,
                       lambda x, k, rate, padding: tf.nn.depthwise_conv2d(
                           x, k, [1, 1, 1, 1], padding, dilations=rate)):
     with tf.GradientTape() as tape:
       tape.watch([x, kernel])
-      y = convolution(x, kernel, rate, "SAME")
+      y = convolution(x, kernel, rate, padding)
+    dy = tf.constant(np.random.default_rng(1).standard_normal(y.shape), tf.float32)
     results.append([y, *tape.gradient(y, [x, kernel], output_gradients=dy)])
   for got, want in zip(*results):
     assert got.shape == want.shape
