@@ -444,9 +444,9 @@ def depthwise_conv2d_float32_input_gradient(x, kernel, strides: Sequence[int], p
 # place when the dilated kernel spans at most this many pixels (`(kernel_size - 1) * rate + 1`).
 # Larger rates are split: space-to-batch with a block that divides the rate, then the in-place
 # dilation of what is left. On a 2-vCPU AVX-512 EPYC (TF 2.21, oneDNN) the in-place forward took
-# 0.35-0.6x the time of TF's space-to-batch form at Xception-65's rates 2-6, but 2-10x at spans of 15
-# and more (oneDNN's fast kernel stops there); split, rates 12 and 18 on 33x33 took 0.4-0.6x
-# (`benchmarks/dilated_depthwise.py`).
+# 0.4-0.95x the time of TF's space-to-batch form at Xception-65's rates 2-6 (batch 1 and 2), but
+# 3-18x at spans of 15 and more (oneDNN's fast kernel stops there); split, rates 12 and 18 on 33x33
+# took 0.5-0.6x (`benchmarks/dilated_depthwise.py`).
 NATIVE_DILATED_DEPTHWISE_MAX_SPAN = 13
 
 
