@@ -551,9 +551,10 @@ def dilated_depthwise_conv2d(x, kernel, rate: Sequence[int], padding: str):
 
 
 def depthwise_conv(inputs, kernel, strides, padding: str, dilation_rate, data_format: str):
-  """`keras.ops.depthwise_conv` (same arguments), with `dilated_depthwise_conv2d` where it is faster.
+  """`keras.ops.depthwise_conv`, with `dilated_depthwise_conv2d` where it is faster.
 
-  That is: stride 1, a dilation above 1, channels_last, float32 or bfloat16, a `dilation_split` of
+  Takes `keras.ops.depthwise_conv`'s arguments, all given and in this order, and returns its
+  result. `dilated_depthwise_conv2d` runs where all hold: stride 1, a dilation above 1, channels_last, float32 or bfloat16, a `dilation_split` of
   each rate ('SAME' padding, or the rate's whole span within `NATIVE_DILATED_DEPTHWISE_MAX_SPAN`),
   and `native_dilated_depthwise_available()`.
   """
