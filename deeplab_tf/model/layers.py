@@ -554,9 +554,10 @@ def depthwise_conv(inputs, kernel, strides, padding: str, dilation_rate, data_fo
   """`keras.ops.depthwise_conv`, with `dilated_depthwise_conv2d` where it is faster.
 
   Takes `keras.ops.depthwise_conv`'s arguments, all given and in this order, and returns its
-  result. `dilated_depthwise_conv2d` runs where all hold: stride 1, a dilation above 1, channels_last, float32 or bfloat16, a `dilation_split` of
-  each rate ('SAME' padding, or the rate's whole span within `NATIVE_DILATED_DEPTHWISE_MAX_SPAN`),
-  and `native_dilated_depthwise_available()`.
+  result. `dilated_depthwise_conv2d` runs where all hold: stride 1, a dilation above 1,
+  channels_last, float32 or bfloat16, a `dilation_split` of each rate ('SAME' padding, or the rate's
+  whole span within `NATIVE_DILATED_DEPTHWISE_MAX_SPAN`), and
+  `native_dilated_depthwise_available()`.
   """
   strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
   rate = (dilation_rate,) * 2 if isinstance(dilation_rate, int) else tuple(dilation_rate)
