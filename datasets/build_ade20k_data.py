@@ -26,6 +26,7 @@ from absl import app, flags
 
 from datasets import build_data
 from datasets.build_data import ConversionReport
+from deeplab_tf.bin import entry
 from deeplab_tf.data import descriptors
 
 FLAGS = flags.FLAGS
@@ -120,7 +121,7 @@ def main(argv):
 
 def run():
   define_flags()
-  app.run(main)
+  entry.run(main)
 
 
 if __name__ == "__main__":

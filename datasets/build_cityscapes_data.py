@@ -21,6 +21,7 @@ from absl import app, flags
 
 from datasets import build_data
 from datasets.build_data import ConversionReport, InputError
+from deeplab_tf.bin import entry
 from deeplab_tf.data import descriptors, writer
 from deeplab_tf.io_utils import read_text
 
@@ -121,7 +122,7 @@ def main(argv):
 
 def run():
   define_flags()
-  app.run(main)
+  entry.run(main)
 
 
 if __name__ == "__main__":

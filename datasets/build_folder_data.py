@@ -34,6 +34,7 @@ from PIL import Image
 
 from datasets import build_data
 from datasets.build_data import ConversionReport, InputError
+from deeplab_tf.bin import entry
 from deeplab_tf.data import descriptors, writer
 
 FLAGS = flags.FLAGS
@@ -304,7 +305,7 @@ def main(argv):
 
 def run():
   define_flags()
-  app.run(main)
+  entry.run(main)
 
 
 if __name__ == "__main__":

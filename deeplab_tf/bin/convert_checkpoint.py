@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from deeplab_tf.bin import entry
 from deeplab_tf.bin import model_flags
 from deeplab_tf.checkpoints import convert_tf1_checkpoint
 
@@ -43,7 +44,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  entry.run(main)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from deeplab_tf.bin import entry
+
 FLAGS = flags.FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # not-gfile: own source
@@ -229,7 +231,7 @@ def _pct(value):
 
 
 def run():
-  app.run(main)
+  entry.run(main)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import app, flags
 from tqdm import tqdm
 
+from deeplab_tf.bin import entry
 from deeplab_tf.bin import eval_common
 from deeplab_tf.data.descriptors import get_descriptor
 from deeplab_tf.data.pipeline import build_dataset
@@ -96,7 +97,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  entry.run(main)
 
 
 if __name__ == "__main__":

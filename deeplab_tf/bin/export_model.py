@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
+from deeplab_tf.bin import entry
 from deeplab_tf.bin import eval_common
 from deeplab_tf import export
 from deeplab_tf.options import EvalOptions
@@ -86,7 +87,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  entry.run(main)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from absl import app, flags, logging
 from PIL import Image
 from tqdm import tqdm
 
+from deeplab_tf.bin import entry
 from deeplab_tf import export, io_utils, visualization
 from deeplab_tf.bin import eval_common
 from deeplab_tf.bin import vis  # noqa: F401  (defines --colormap_type and --overlay_alpha)
@@ -190,7 +191,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  entry.run(main)
 
 
 if __name__ == "__main__":

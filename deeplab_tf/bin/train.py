@@ -16,6 +16,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from tqdm import tqdm
 
+from deeplab_tf.bin import entry
 from deeplab_tf.bin import eval_common, model_flags
 from deeplab_tf.data.descriptors import get_descriptor
 from deeplab_tf.evaluation import validation
@@ -146,7 +147,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  entry.run(main)
 
 
 if __name__ == "__main__":

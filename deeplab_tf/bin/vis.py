@@ -27,6 +27,7 @@ import tensorflow as tf
 from absl import app, flags
 from tqdm import tqdm
 
+from deeplab_tf.bin import entry
 from deeplab_tf import visualization
 from deeplab_tf.bin import eval_common
 from deeplab_tf.data.descriptors import cityscapes_train_ids_to_label_ids, get_descriptor
@@ -134,7 +135,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  entry.run(main)
 
 
 if __name__ == "__main__":
