@@ -17,6 +17,7 @@ a branch; `aspp_with_concat_projection=False` drops the projection (and its drop
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from deeplab_tf.image_ops import scale_dimension
 from deeplab_tf.model import layers
@@ -56,6 +57,29 @@ class ImagePooling(keras.layers.AveragePooling2D):
     return {**super().get_config(), "crop_size": self.crop_size, "output_stride": self.output_stride}
 
 
+@keras.saving.register_keras_serializable(package="deeplab_tf")
+class GlobalImagePooling(keras.layers.Layer):
+  """Image-level features as the original computes them: `[batch, h, w, c]` -> `[batch, 1, 1, c]`.
+
+  research/deeplab (`model.py`, `extract_features`) pools with `slim.avg_pool2d` (AvgPool, VALID)
+  whose window is the whole feature map of the crop it was given, and with `tf.reduce_mean` only when
+  no crop size is known. This layer does the same: AvgPool over the whole map where its height and
+  width are known when the graph is built (training crops, fixed-size exports, inference traced at
+  one size), the mean where they are not. The two give the same value but round differently (about
+  5e-6 at that branch's output, which one training step with hard pixel mining amplified to
+  gradients 2.5e-3 away from the original's); with AvgPool they agree to about 1e-6.
+  """
+
+  def call(self, inputs):
+    height, width = inputs.shape[1], inputs.shape[2]
+    if height is not None and width is not None:
+      return tf.nn.avg_pool2d(inputs, [height, width], [1, 1], "VALID")
+    return tf.reduce_mean(inputs, axis=[1, 2], keepdims=True)
+
+  def compute_output_shape(self, input_shape):
+    return (input_shape[0], 1, 1, input_shape[3])
+
+
 def relu_max_value(options: ModelOptions):
   """The head's ReLU cap: 6 with `use_bounded_activation` (ReLU6), else None (ReLU)."""
   return 6.0 if options.use_bounded_activation else None
@@ -85,7 +109,7 @@ def build_aspp(features, options: ModelOptions):
       pooled = ImagePooling(options.image_pooling_crop_size, options.output_stride,
                             options.image_pooling_stride, name=IMAGE_POOLING_LAYER_NAME)(features)
     else:
-      pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name=IMAGE_POOLING_LAYER_NAME)(features)
+      pooled = GlobalImagePooling(name=IMAGE_POOLING_LAYER_NAME)(features)
     if options.aspp_with_squeeze_and_excitation:
       pooled = layers.conv2d_same(pooled, depth, 1, 1, 1, "image_pooling", bn_params=None,
                                   activation=False)
