@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_tf.io_utils import atomic_output, isdir, local_scratch_dir
+from deeplab_tf.model import acceleration
 from deeplab_tf.model.deeplab import get_extra_layer_scopes
 from deeplab_tf.model.layers import layer_name_to_scope
 
@@ -265,13 +266,16 @@ SAVED_MODEL_DIRNAME = "saved_model"
 def save_keras_atomically(model: keras.Model, path: str) -> str:
   """`model.save(path)` through a temporary `.keras` file in the same folder and a rename.
 
+  What is saved is `model` in plain Keras layers (`acceleration.portable_model`): a `.keras` file
+  loads and runs on any TensorFlow, whatever kernel policy `model` was rewritten for.
+
   Raises:
     ValueError: `path` does not end with `.keras`.
   """
   if not path.endswith(".keras"):
     raise ValueError(f"{path}: a Keras model file must end with .keras.")
   with atomic_output(path, suffix=".keras") as tmp:
-    model.save(tmp)
+    acceleration.portable_model(model).save(tmp)
   return path
 
 

@@ -62,8 +62,7 @@ from deeplab_tf import io_utils
 from deeplab_tf.data import preprocess
 from deeplab_tf.evaluation import inference
 from deeplab_tf.image_ops import resize_bilinear_align_corners, resize_nearest_align_corners
-from deeplab_tf.model.folding import fold_batch_norm
-from deeplab_tf.model.layers import without_channel_padding
+from deeplab_tf.model import acceleration
 from deeplab_tf.options import EvalOptions, ModelOptions
 
 SERVING_DEFAULT = "serving_default"
@@ -289,7 +288,7 @@ def export_saved_model(model, export_dir: str, model_options: ModelOptions,
                        eval_options: Optional[EvalOptions] = None, *,
                        mean_pixel: Optional[Sequence[float]] = None, overwrite: bool = False,
                        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                       resize: Optional[dict] = None) -> str:
+                       resize: Optional[dict] = None, kernel_policy="portable") -> str:
   """Writes `model` as a SavedModel with `serving_default` and `image_tensor` signatures.
 
   Args:
@@ -308,6 +307,10 @@ def export_saved_model(model, export_dir: str, model_options: ModelOptions,
       original export_model.py's flags, e.g. `bin.eval_common.resize_from_flags()`): images are resized
       into that range inside the export and the predictions resized back (`DeepLabServingModule._predict`);
       stored as `assets.extra/resize.json`. None or no min/max value: no resize.
+    kernel_policy: the kernels traced into the export (`deeplab_tf.model.acceleration.KernelPolicy`
+      or its name). 'portable' (default): plain TF ops that every TensorFlow build and device runs
+      (TF Serving, GPUs, ARM, macOS); 'cpu': the faster oneDNN CPU graph, which runs on oneDNN CPUs
+      only (its dilated DepthwiseConv2dNative has no kernel elsewhere).
 
   Returns:
     `export_dir`.
@@ -338,8 +341,8 @@ def export_saved_model(model, export_dir: str, model_options: ModelOptions,
     preprocess.check_resize_values(resize.get("min_resize_value"), resize.get("max_resize_value"),
                                    resize.get("resize_factor"))
   # Served with every BatchNorm folded into its convolution (the same function to float32 rounding).
-  module = DeepLabServingModule(fold_batch_norm(model), model_options, eval_options, mean_pixel,
-                                max_image_pixels, resize)
+  module = DeepLabServingModule(acceleration.inference_model(model, kernel_policy), model_options,
+                                eval_options, mean_pixel, max_image_pixels, resize)
   tf.io.gfile.makedirs(io_utils.dirname(export_dir))
   tmp = _temporary_sibling(export_dir, ".tmp")
   try:
@@ -419,7 +422,7 @@ def representative_images(file_pattern: str, input_size: Tuple[int, int], num_im
 
 def export_tflite(model, path: str, input_size: Tuple[int, int], *, quantize: str = "none",
                   representative_dataset: Optional[Callable[[], Iterable[list]]] = None,
-                  overwrite: bool = False) -> str:
+                  overwrite: bool = False, kernel_policy="portable") -> str:
   """Writes `model` as a TFLite flatbuffer (see the module docstring for its input and output).
 
   Single scale, no flipping: the original's mobile export too ran the network once.
@@ -431,6 +434,8 @@ def export_tflite(model, path: str, input_size: Tuple[int, int], *, quantize: st
     quantize: one of `TFLITE_QUANTIZE_MODES`.
     representative_dataset: calibration images for `quantize="int8"` (see `representative_images`).
     overwrite: replace an existing file.
+    kernel_policy: the kernels of the converted graph (see `export_saved_model`); 'portable'
+      (default) is what LiteRT's builtin ops cover.
 
   Returns:
     `path`.
@@ -449,7 +454,8 @@ def export_tflite(model, path: str, input_size: Tuple[int, int], *, quantize: st
     raise ValueError(f"input_size={input_size}: expected (height, width) in pixels, e.g. --crop_size=513,513.")
   if tf.io.gfile.exists(path) and not overwrite:
     raise FileExistsError(f"{path} exists; choose a new --export_path or pass overwrite=True.")
-  model = without_channel_padding(model)  # The padding speeds up training only.
+  # Unfolded (the converter folds BatchNorms for its quantisation); no channel padding at inference.
+  model = acceleration.apply_kernel_policy(model, kernel_policy, training=False)
   images = keras.Input((*input_size, 3), batch_size=1, dtype="uint8", name=IMAGE_TENSOR_SIGNATURE)
   logits = model(keras.ops.cast(images, model.inputs[0].dtype))
   # tf.argmax, not keras.ops.argmax: the latter adds NaN handling (BitwiseAnd) TFLite has no kernel for.

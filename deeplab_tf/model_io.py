@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from deeplab_tf import io_utils
+from deeplab_tf.model import acceleration
 from deeplab_tf.model.deeplab import build_deeplab, global_dtype_policy
 from deeplab_tf.options import ModelOptions
 
@@ -93,7 +94,9 @@ def load_model(path: str, options: Optional[ModelOptions] = None, input_dtype: s
       raise FileNotFoundError(f"{path}: no such .keras file.")
     if options is None:
       options = load_model_options(io_utils.dirname(path) or ".")
-    model = keras.saving.load_model(path, compile=False)
+    # In plain layers, whatever kernel policy the file was saved with (older releases saved the
+    # CPU kernels' classes); the caller applies its own.
+    model = acceleration.portable_model(keras.saving.load_model(path, compile=False))
     return model, options
   prefix = resolve_checkpoint(path)
   if options is None:

@@ -22,6 +22,17 @@ def check_mixed_precision(name: str) -> None:
     raise ValueError(f"mixed_precision={name!r}: expected one of {', '.join(MIXED_PRECISION_POLICIES)}.")
 
 
+# `--kernel_policy` (deeplab_tf.model.acceleration.policy): how the network is computed on this
+# machine. 'auto' picks the measured CPU kernels on CPUs and plain arithmetic on GPUs/TPUs.
+KERNEL_POLICIES = ("auto", "portable", "cpu")
+
+
+def check_kernel_policy(name: str) -> None:
+  """Raises ValueError unless `name` is one of `KERNEL_POLICIES`."""
+  if name not in KERNEL_POLICIES:
+    raise ValueError(f"kernel_policy={name!r}: expected one of {', '.join(KERNEL_POLICIES)}.")
+
+
 T = TypeVar("T", bound="_JsonOptions")
 
 # Output strides the encoders support: research/deeplab uses 8, 16 (and 32 without atrous convolution).
@@ -407,15 +418,19 @@ class ExecutionOptions(_JsonOptions):
       check, logs, summaries) only at the end of each loop (Orbit's `steps_per_loop`).
     jit_compile: compile the per-replica training computation (forward, loss, gradients) with XLA.
     seed: random seed of the model initialisation and of the input pipeline; None is unseeded.
+    kernel_policy: how the network is computed here (`KERNEL_POLICIES`; 'auto': the measured CPU
+      kernels on CPUs, plain arithmetic on GPUs and TPUs). Checkpoints do not depend on it.
   """
 
   mixed_precision: str = "float32"
   steps_per_loop: int = 1
   jit_compile: bool = False
   seed: Optional[int] = None
+  kernel_policy: str = "auto"
 
   def __post_init__(self):
     check_mixed_precision(self.mixed_precision)
+    check_kernel_policy(self.kernel_policy)
     if self.steps_per_loop < 1:
       raise ValueError(f"steps_per_loop={self.steps_per_loop}: expected at least 1.")
 
@@ -525,6 +540,7 @@ class EvalOptions(_JsonOptions):
     sliding_window_overlap: minimum fraction in [0, 1) of a window shared with its neighbour.
     jit_compile: compile the network with XLA (one compilation per input size: for fixed-size inputs,
       e.g. with `eval_crop_size`, or on TPUs).
+    kernel_policy: how the network is computed here (`KERNEL_POLICIES`, as in `ExecutionOptions`).
   """
 
   eval_crop_size: Optional[Tuple[int, int]] = None
@@ -533,6 +549,7 @@ class EvalOptions(_JsonOptions):
   sliding_window: bool = False
   sliding_window_overlap: float = 1.0 / 3.0
   jit_compile: bool = False
+  kernel_policy: str = "auto"
 
   def __post_init__(self):
     object.__setattr__(self, "eval_crop_size", _as_tuple(self.eval_crop_size))
@@ -543,5 +560,6 @@ class EvalOptions(_JsonOptions):
       raise ValueError(f"eval_crop_size={self.eval_crop_size}: expected (height, width) in pixels.")
     if self.sliding_window and self.eval_crop_size is None:
       raise ValueError("sliding_window=True needs eval_crop_size, the window size.")
+    check_kernel_policy(self.kernel_policy)
     if not 0.0 <= self.sliding_window_overlap < 1.0:
       raise ValueError(f"sliding_window_overlap={self.sliding_window_overlap}: expected a value in [0, 1).")

@@ -79,7 +79,8 @@ def resize_from_flags() -> dict:
 def eval_options_from_flags(crop_size: Optional[Tuple[int, int]]) -> EvalOptions:
   return EvalOptions(eval_crop_size=crop_size, eval_scales=tuple(FLAGS.eval_scales),
                      add_flipped_images=FLAGS.add_flipped_images, sliding_window=FLAGS.sliding_window,
-                     sliding_window_overlap=FLAGS.sliding_window_overlap, jit_compile=FLAGS.jit_compile)
+                     sliding_window_overlap=FLAGS.sliding_window_overlap, jit_compile=FLAGS.jit_compile,
+                     kernel_policy=FLAGS.kernel_policy)
 
 
 def crf_options_from_flags() -> Optional[CrfOptions]:
@@ -104,14 +105,14 @@ def load_model_from_flags(path: str, fold_batch_norm: bool = True):
 
   The options are those of --model_options_json, else those beside the checkpoint, with the model flags
   given explicitly (e.g. --output_stride=8) in their place; the model is built under
-  --mixed_precision. With `fold_batch_norm` (eval, vis, predict) the model returned is
-  `deeplab_tf.model.folding.fold_batch_norm`'s copy: the same predictions to float32 rounding, with
-  no BatchNorm left and, under mixed precision, 16-bit weights, so that every prediction runs the
-  folded weights instead of folding them again (Xception-65 at 513x513: 1.07x faster in float32, 1.2x
-  in bfloat16, benchmarks/README.md).
+  --mixed_precision, in plain Keras layers. With `fold_batch_norm` (eval, vis, predict) the model
+  returned is `deeplab_tf.model.acceleration.inference_model`'s copy for --kernel_policy: the same
+  predictions to float32 rounding, with no BatchNorm left and, under mixed precision, 16-bit weights,
+  so that every prediction runs the folded weights instead of folding them again (Xception-65 at
+  513x513: 1.07x faster in float32, 1.2x in bfloat16, benchmarks/README.md).
   """
   from deeplab_tf import io_utils, model_io  # pylint: disable=import-outside-toplevel
-  from deeplab_tf.model import folding  # pylint: disable=import-outside-toplevel
+  from deeplab_tf.model import acceleration  # pylint: disable=import-outside-toplevel
   if path.endswith(".keras"):
     model, options = model_io.load_model(path, model_io.load_model_options(FLAGS.model_options_json)
                                          if FLAGS.model_options_json else None)
@@ -120,7 +121,9 @@ def load_model_from_flags(path: str, fold_batch_norm: bool = True):
         path if io_utils.isdir(path) else model_io.resolve_checkpoint(path)))
     model, options = model_io.load_model(path, model_flags.override_model_options(options),
                                          mixed_precision=FLAGS.mixed_precision)
-  return (folding.fold_batch_norm(model) if fold_batch_norm else model), options
+  if fold_batch_norm:
+    model = acceleration.inference_model(model, FLAGS.kernel_policy)
+  return model, options
 
 
 def iterate_checkpoints(max_number: int) -> Iterator[str]:

@@ -49,6 +49,11 @@ flags.DEFINE_integer("num_calibration_images", 100, "tflite int8: how many image
 DEFAULT_TFLITE_SIZE = (513, 513)
 
 
+def export_kernel_policy() -> str:
+  """--kernel_policy if given, else 'portable': an export runs on any TensorFlow unless asked."""
+  return FLAGS.kernel_policy if FLAGS["kernel_policy"].present else "portable"
+
+
 def main(argv):
   del argv
   if not FLAGS.export_path:
@@ -73,7 +78,8 @@ def main(argv):
                                                     model_mean_pixel(model))
     logging.info("TFLite input: uint8 [1, %d, %d, 3], quantize=%s", size[0], size[1], FLAGS.quantize)
     path = export.export_tflite(model, FLAGS.export_path, size, quantize=FLAGS.quantize,
-                                representative_dataset=representative, overwrite=FLAGS.overwrite)
+                                representative_dataset=representative, overwrite=FLAGS.overwrite,
+                                kernel_policy=export_kernel_policy())
   else:
     if FLAGS.quantize != "none":
       raise ValueError(f"--quantize={FLAGS.quantize} applies to --format=tflite only.")
@@ -82,7 +88,8 @@ def main(argv):
     export_dir = export.versioned_export_dir(FLAGS.export_path, FLAGS.export_version)
     path = export.export_saved_model(model, export_dir, model_options, eval_options,
                                      overwrite=FLAGS.overwrite, max_image_pixels=FLAGS.max_image_pixels,
-                                     resize=eval_common.resize_from_flags())
+                                     resize=eval_common.resize_from_flags(),
+                                     kernel_policy=export_kernel_policy())
   print(f"wrote {path}")
 
 

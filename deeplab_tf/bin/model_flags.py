@@ -13,10 +13,18 @@ from absl import flags
 
 from deeplab_tf.bin import original_flags  # noqa: F401  (defines the original's refused spellings)
 from deeplab_tf.model.dense_prediction_cell import load_dense_prediction_cell_config
-from deeplab_tf.options import ModelOptions
+from deeplab_tf.options import KERNEL_POLICIES, ModelOptions
 
 FLAGS = flags.FLAGS
 
+flags.DEFINE_enum("kernel_policy", "auto", list(KERNEL_POLICIES), "How the network is computed "
+                  "(deeplab_tf.model.acceleration): 'auto' = 'cpu' on CPUs, 'portable' with a GPU or TPU; "
+                  "'cpu' = the kernels measured fastest on oneDNN CPUs (fused BatchNorm, matrix products, "
+                  "in-place dilated depthwise convolutions, 728 channels carried as 736 in training); "
+                  "'portable' = plain Keras/TF arithmetic, which runs on every TensorFlow build and "
+                  "device. Checkpoints do not depend on it. deeplab_export_model defaults to 'portable': "
+                  "its 'cpu' export is faster on oneDNN CPUs but gives up serving anywhere else (TF "
+                  "without oneDNN, GPUs, ARM, macOS: dilated DepthwiseConv2dNative has no kernel there).")
 flags.DEFINE_string("model_variant", "mobilenet_v2", "Encoder: xception_41/65/71, resnet_v1_18[_beta], "
                     "resnet_v1_50[_beta], resnet_v1_101[_beta], mobilenet_v2, mobilenet_v3_large_seg, "
                     "mobilenet_v3_small_seg, mobilenet_edgetpu, nas_pnasnet, nas_hnasnet.")

@@ -47,7 +47,7 @@ import tensorflow as tf
 from deeplab_tf.image_ops import resize_bilinear_align_corners, scale_dimension
 from deeplab_tf.model import layers as model_layers
 from deeplab_tf.model.aspp import IMAGE_POOLING_LAYER_NAME, ImagePooling
-from deeplab_tf.model.folding import fold_batch_norm
+from deeplab_tf.model.acceleration.folding import fold_batch_norm
 from deeplab_tf.options import EvalOptions
 
 # The name build_deeplab gives the layer resizing the logits to the input size.

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_tf import model_io
+from deeplab_tf.model.acceleration import apply_kernel_policy
 from deeplab_tf.model.deeplab import build_deeplab, global_dtype_policy
 from deeplab_tf.model.layers import mean_pixel_for_preprocessing
 from deeplab_tf.options import ModelOptions, TrainOptions
@@ -115,7 +116,9 @@ def _build_model(model_options, train_options, model_fn):
 
 
 def _build_training_state(strategy, model_options, train_options, model_fn):
-  """`(model, optimizer, step, checkpoint)`: built under the strategy's scope, BN configured, seeded.
+  """`(model, optimizer, step, checkpoint)`: built under the strategy's scope, rewritten for the
+  kernel policy (`execution.kernel_policy`; the checkpoint's variables do not depend on it), BN
+  configured, seeded.
 
   The checkpoint holds the model, the optimizer, the step and `data_seed`, the seed of the input
   pipeline read from a file pattern (the options' seed, else one drawn now, so that a resumed run
@@ -125,6 +128,7 @@ def _build_training_state(strategy, model_options, train_options, model_fn):
     keras.utils.set_random_seed(train_options.execution.seed)
   with strategy.scope():
     model = _build_model(model_options, train_options, model_fn)
+    model = apply_kernel_policy(model, train_options.execution.kernel_policy, training=True)
     configure_batch_norm(model, train_options.batch_norm)
     optimizer = build_optimizer(train_options)
     optimizer.build(model.trainable_variables)

@@ -1,4 +1,6 @@
-"""Channel padding (`layers.Conv2D`): layers whose inputs and outputs carry trailing zero channels.
+"""Channel padding (`acceleration.channel_padding`): layers whose inputs and outputs carry trailing
+zero channels, and `with_channel_padding`, the rewrite of a built model that carries Xception's 728
+channels as 736.
 
 Each padded layer is compared with the unpadded layer holding the same weights, on the same real
 channels: outputs, input gradients and variable gradients must agree to float32 rounding (the padded
@@ -15,8 +17,9 @@ import tensorflow as tf
 
 import deeplab_tf
 from deeplab_tf import options
-from deeplab_tf.model import folding, layers
-from deeplab_tf.model.encoders import xception
+from deeplab_tf.model.acceleration import channel_padding as padding_lib
+from deeplab_tf.model.acceleration import convolutions, folding
+from deeplab_tf.model.acceleration.batch_norm import FusedBatchNormalization
 
 RNG = np.random.default_rng(0)
 TOLERANCE = 1e-5  # Relative: float32 sums over the same terms in another order (module docstring).
@@ -64,13 +67,13 @@ def _check(padded, plain, channels_in, padding_in, channels_out, padding_out, tr
 @pytest.mark.parametrize("strides,kernel_size", [(1, 1), (2, 1), (1, 3)])
 def test_conv2d(strides, kernel_size):
   args = dict(filters=12, kernel_size=kernel_size, strides=strides, use_bias=True, padding="same")
-  _check(layers.Conv2D(input_channel_padding=3, output_channel_padding=4, **args),
+  _check(convolutions.Conv2D(input_channel_padding=3, output_channel_padding=4, **args),
          keras.layers.Conv2D(**args), 5, 3, 12, 4)
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_pointwise_conv2d_as_matmul_and_convolution(training):
-  _check(layers.PointwiseConv2D(12, 1, use_bias=True, input_channel_padding=3,
+  _check(convolutions.PointwiseConv2D(12, 1, use_bias=True, input_channel_padding=3,
                                 output_channel_padding=4),
          keras.layers.Conv2D(12, 1, use_bias=True), 5, 3, 12, 4, training=training)
 
@@ -78,15 +81,17 @@ def test_pointwise_conv2d_as_matmul_and_convolution(training):
 @pytest.mark.parametrize("strides,dilation", [(1, 1), (2, 1), (1, 2)])
 def test_depthwise_conv2d(strides, dilation):
   args = dict(kernel_size=3, strides=strides, dilation_rate=dilation, padding="same", use_bias=True)
-  _check(layers.DepthwiseConv2D(channel_padding=3, **args), keras.layers.DepthwiseConv2D(**args),
+  _check(convolutions.DepthwiseConv2D(channel_padding=3, **args), keras.layers.DepthwiseConv2D(**args),
          5, 3, 5, 3)
 
 
 def test_bfloat16_strided_depthwise_conv2d():
   """The float32 input-gradient path (`depthwise_conv2d_float32_input_gradient`) on padded channels."""
   policy = keras.mixed_precision.Policy("mixed_bfloat16")
-  padded = layers.DepthwiseConv2D(3, strides=2, channel_padding=3, dtype=policy)
-  plain = layers.DepthwiseConv2D(3, strides=2, dtype=policy)
+  padded = convolutions.DepthwiseConv2D(3, strides=2, channel_padding=3, dtype=policy,
+                                        bf16_strided_input_gradient_in_float32=True)
+  plain = convolutions.DepthwiseConv2D(3, strides=2, dtype=policy,
+                                       bf16_strided_input_gradient_in_float32=True)
   x = tf.cast(RNG.standard_normal((2, 9, 9, 5)), tf.bfloat16)
   plain.build(x.shape)
   padded.build((2, 9, 9, 8))
@@ -109,16 +114,16 @@ def test_bfloat16_strided_depthwise_conv2d():
 
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm(training):
-  padded, plain = _check(layers.FusedBatchNormalization(channel_padding=3, momentum=0.5),
-                         layers.FusedBatchNormalization(momentum=0.5), 5, 3, 5, 3, training=training)
+  padded, plain = _check(FusedBatchNormalization(channel_padding=3, momentum=0.5),
+                         FusedBatchNormalization(momentum=0.5), 5, 3, 5, 3, training=training)
   for w, w_ref in zip(padded.non_trainable_weights, plain.non_trainable_weights):
     assert w.shape == (5,)
     _close(w, w_ref)  # Moving averages: updated from the real channels' moments only.
 
 
 def test_bfloat16_batch_norm_on_736_channels_pads_nothing_more():
-  layer = layers.FusedBatchNormalization(channel_padding=8,
-                                         dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
+  layer = FusedBatchNormalization(channel_padding=8, bf16_training_channel_multiple=16,
+                                  dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
   x = tf.zeros((1, 3, 3, 736), tf.bfloat16)
   graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(x).graph
   kinds = [op.type for op in graph.get_operations()]
@@ -128,46 +133,41 @@ def test_bfloat16_batch_norm_on_736_channels_pads_nothing_more():
 
 
 def test_configs_round_trip_and_bad_paddings():
-  for layer in (layers.Conv2D(4, 1, input_channel_padding=2, output_channel_padding=3),
-                layers.PointwiseConv2D(4, 1, output_channel_padding=3),
-                layers.DepthwiseConv2D(3, channel_padding=2),
-                layers.FusedBatchNormalization(channel_padding=2)):
+  for layer in (convolutions.Conv2D(4, 1, input_channel_padding=2, output_channel_padding=3),
+                convolutions.PointwiseConv2D(4, 1, output_channel_padding=3),
+                convolutions.DepthwiseConv2D(3, channel_padding=2),
+                FusedBatchNormalization(channel_padding=2)):
     config = json.loads(json.dumps(layer.get_config()))
-    assert layers.channel_paddings(layer.__class__.from_config(config)) == layers.channel_paddings(layer)
-    assert layers.channel_paddings(layer.__class__.from_config(
-        layers.config_without_channel_padding(config))) == (0, 0)
+    assert padding_lib.channel_paddings(layer.__class__.from_config(config)) == padding_lib.channel_paddings(layer)
+    assert padding_lib.channel_paddings(layer.__class__.from_config(
+        padding_lib.config_without_channel_padding(config))) == (0, 0)
   with pytest.raises(ValueError, match="must be >= 0"):
-    layers.Conv2D(4, 1, output_channel_padding=-1)
+    convolutions.Conv2D(4, 1, output_channel_padding=-1)
   with pytest.raises(ValueError, match="channels_last"):
-    layers.Conv2D(4, 1, input_channel_padding=2, data_format="channels_first")
+    convolutions.Conv2D(4, 1, input_channel_padding=2, data_format="channels_first")
   with pytest.raises(ValueError, match="depth_multiplier=1"):
-    layers.DepthwiseConv2D(3, depth_multiplier=2, channel_padding=2)
+    convolutions.DepthwiseConv2D(3, depth_multiplier=2, channel_padding=2)
   with pytest.raises(ValueError, match="more channels"):
-    layers.FusedBatchNormalization(channel_padding=4).build((1, 3, 3, 4))
+    FusedBatchNormalization(channel_padding=4).build((1, 3, 3, 4))
   with pytest.raises(ValueError, match="4-D channels-last"):
-    layers.FusedBatchNormalization(channel_padding=2)(tf.zeros((2, 6)))
+    FusedBatchNormalization(channel_padding=2)(tf.zeros((2, 6)))
 
 
-def _xception(multiple, **kwargs):
+def _xception(**kwargs):
   model_options = options.ModelOptions(model_variant="xception_65", num_classes=5,
                                        output_stride=16, atrous_rates=(6, 12, 18),
                                        decoder_output_stride=(8,), **kwargs)
-  keras.utils.set_random_seed(1)  # The same dropout masks in both models.
-  previous, xception.CHANNEL_MULTIPLE = xception.CHANNEL_MULTIPLE, multiple
-  try:
-    return deeplab_tf.build_deeplab(model_options, input_shape=(65, 65, 3))
-  finally:
-    xception.CHANNEL_MULTIPLE = previous
+  return deeplab_tf.build_deeplab(model_options, input_shape=(65, 65, 3))
 
 
 @pytest.fixture(scope="module")
 def xception_pair():
-  plain, padded = _xception(1), _xception(16)
+  plain = _xception()
   weights = [w + (np.abs(RNG.standard_normal(w.shape)).astype(np.float32) if "variance" in v.path
                   else 0.1 * RNG.standard_normal(w.shape).astype(np.float32) if w.ndim == 1 else 0)
              for w, v in zip(plain.get_weights(), plain.weights)]
   plain.set_weights(weights)
-  padded.set_weights(weights)
+  padded = padding_lib.with_channel_padding(plain, 16)  # Copies the weights and dropout's seed.
   return plain, padded
 
 
@@ -181,14 +181,20 @@ def _padded_activations(model):
 def test_xception_65_carries_728_channels_as_736_with_the_original_variables(xception_pair):
   plain, padded = xception_pair
   assert [(w.path, w.shape) for w in padded.weights] == [(w.path, w.shape) for w in plain.weights]
-  assert sum(1 for layer in padded.layers if any(layers.channel_paddings(layer))) == 212
+  # 212 in the encoder (every 728-channel conv, depthwise conv and BatchNorm of entry_flow/block3,
+  # the middle flow and exit_flow/block1's first unit) and the decoder projection reading block3.
+  assert sum(1 for layer in padded.layers if any(padding_lib.channel_paddings(layer))) == 213
+  assert not any(any(padding_lib.channel_paddings(layer)) for layer in plain.layers)
   assert _padded_activations(padded) > 200 and _padded_activations(plain) == 0
   x = RNG.uniform(0, 255, (2, 65, 65, 3)).astype(np.float32)
   _close(padded(x, training=False), plain(x, training=False))
-  # The decoder reads entry_flow/block3's 728-channel feature at stride 8: unpadded.
-  assert padded.get_layer(
-      "xception_65.entry_flow.block3.unit_1.xception_module.separable_conv2_pointwise.unpadded"
-  ).output.shape[-1] == 728
+  # The decoder's projection reads entry_flow/block3's 728-channel feature at stride 8 padded, and
+  # gives 48 real channels: nothing padded leaves the encoder.
+  projection = padded.get_layer("decoder.feature_projection0")
+  assert padding_lib.channel_paddings(projection) == (8, 0)
+  assert projection.output.shape[-1] == 48
+  assert [(l.name, type(l)) for l in padded.layers][:3] == [(l.name, type(l)) for l in plain.layers][:3]
+  assert [l.name for l in padded.layers] == [l.name for l in plain.layers]  # Checkpoint keys.
 
 
 def test_xception_65_trains_as_unpadded(xception_pair):
@@ -204,22 +210,46 @@ def test_xception_65_trains_as_unpadded(xception_pair):
     np.testing.assert_allclose(v, v_ref, atol=1e-5, err_msg=v.path)
 
 
+def test_xception_65_padded_gradients_equal_the_plain_ones(xception_pair):
+  plain, padded = xception_pair
+  x = tf.constant(RNG.uniform(0, 255, (2, 65, 65, 3)).astype(np.float32))
+  dy = tf.constant(RNG.standard_normal((2, 65, 65, 5)).astype(np.float32))
+  gradients = []
+  for model in (plain, padded):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(model(x, training=False) * dy)
+    gradients.append(tape.gradient(loss, model.trainable_variables))
+  for g_ref, g, v in zip(*gradients, plain.trainable_variables):
+    assert g.shape == g_ref.shape == v.shape
+    # Sums over the same terms plus exact zeros, in another order: float32 rounding of the largest.
+    np.testing.assert_allclose(g, g_ref, atol=1e-4 * max(np.abs(g_ref).max(), 1e-3), err_msg=v.path)
+
+
+def test_checkpoints_of_the_padded_model_restore_into_the_plain_one(xception_pair, tmp_path):
+  plain, padded = xception_pair
+  prefix = tf.train.Checkpoint(model=padded).save(str(tmp_path / "ckpt"))
+  fresh = _xception()
+  tf.train.Checkpoint(model=fresh).restore(prefix).assert_existing_objects_matched()
+  for v, v_ref in zip(fresh.weights, padded.weights):
+    np.testing.assert_array_equal(v.numpy(), v_ref.numpy(), err_msg=v.path)
+
+
 def test_folds_and_exports_drop_the_padding(xception_pair):
   plain, padded = xception_pair
   x = RNG.uniform(0, 255, (1, 65, 65, 3)).astype(np.float32)
   expected = plain(x, training=False)
   for model in (folding.fold_batch_norm(padded), folding.fold_batch_norm(padded, live=True),
-                layers.without_channel_padding(padded)):
+                padding_lib.without_channel_padding(padded)):
     assert _padded_activations(model) == 0
     _close(model(x, training=False), expected)
 
 
 def test_live_folded_convolutions_report_their_output_channels():
-  depthwise = layers.DepthwiseConv2D(3, padding="same", channel_padding=3)
+  depthwise = convolutions.DepthwiseConv2D(3, padding="same", channel_padding=3)
   depthwise.build((1, 9, 9, 8))
-  pointwise = layers.PointwiseConv2D(6, 1, input_channel_padding=3, output_channel_padding=2)
+  pointwise = convolutions.PointwiseConv2D(6, 1, input_channel_padding=3, output_channel_padding=2)
   pointwise.build((1, 9, 9, 8))
-  bn = layers.FusedBatchNormalization()
+  bn = FusedBatchNormalization()
   for conv, unpadded, padded in ((depthwise, 5, 8), (pointwise, 6, 8)):
     assert folding.LiveFoldedConv(conv, bn).compute_output_shape((1, 9, 9, 5)) == (1, 9, 9, unpadded)
     assert folding.LiveFoldedConv(conv, bn, keep_channel_padding=True).compute_output_shape(
@@ -231,9 +261,9 @@ def test_live_fold_keeps_the_padding_around_an_unfolded_padded_layer():
   before it must keep producing padded channels."""
   def build(padding):
     images = keras.Input((9, 9, 5 + padding))
-    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, channel_padding=padding)(images)
-    x = layers.FusedBatchNormalization(channel_padding=padding)(x)
-    x = layers.Conv2D(4, 1, input_channel_padding=padding)(x)  # No BN: not folded.
+    x = convolutions.DepthwiseConv2D(3, padding="same", use_bias=False, channel_padding=padding)(images)
+    x = FusedBatchNormalization(channel_padding=padding)(x)
+    x = convolutions.Conv2D(4, 1, input_channel_padding=padding)(x)  # No BN: not folded.
     return keras.Model(images, x)
   padded, plain = build(3), build(0)
   for w in plain.weights:

@@ -1,8 +1,9 @@
-"""`layers.DepthwiseConv2D`: Keras' layer with dilations in place and a float32 strided bf16 gradient.
+"""`acceleration.convolutions.DepthwiseConv2D`: Keras' layer with dilations in place and a float32
+strided bf16 gradient (the CPU kernel policy's depthwise convolution).
 
 The reference is TF's own `tf.nn.depthwise_conv2d` and its gradient, in float32 on the same (bfloat16-
 representable) values; the bfloat16 results carry bfloat16's 2**-8 relative rounding. Dilated
-convolutions (`layers.dilated_depthwise_conv2d`) sum the same float32 terms as the space-to-batch
+convolutions (`dilated_depthwise.dilated_depthwise_conv2d`) sum the same float32 terms as the space-to-batch
 form, possibly in another order: 1e-5 relative.
 """
 
@@ -12,8 +13,17 @@ import pytest
 import tensorflow as tf
 
 from deeplab_tf.model import layers
+from deeplab_tf.model.acceleration import KernelPolicy, apply_kernel_policy, convolutions
+from deeplab_tf.model.acceleration import dilated_depthwise
 
 RNG = np.random.default_rng(0)
+# The CPU policy's layer: in place where this TensorFlow has the kernel (oneDNN), as `cpu()` chooses.
+SPAN = KernelPolicy.cpu().in_place_dilation_max_span if KernelPolicy.cpu().in_place_dilated_depthwise else 0
+
+
+def _fast(*args, **kwargs):
+  return convolutions.DepthwiseConv2D(*args, in_place_dilation_max_span=SPAN,
+                                      bf16_strided_input_gradient_in_float32=True, **kwargs)
 
 
 def _bf16_values(shape):
@@ -22,8 +32,8 @@ def _bf16_values(shape):
 
 @pytest.mark.parametrize("stride,padding", [(2, "valid"), (2, "same"), (1, "same")])
 def test_bfloat16_gradients_match_float32(stride, padding):
-  layer = layers.DepthwiseConv2D(3, strides=stride, padding=padding, use_bias=True,
-                                 dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
+  layer = _fast(3, strides=stride, padding=padding, use_bias=True,
+                dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
   x = _bf16_values((2, 9, 9, 5))
   layer.build(x.shape)
   layer.set_weights([_bf16_values((3, 3, 5, 1)).numpy(), _bf16_values((5,)).numpy()])
@@ -54,8 +64,8 @@ def test_bfloat16_gradients_match_float32(stride, padding):
 
 
 def test_strided_bfloat16_input_gradient_runs_the_float32_kernel():
-  layer = layers.DepthwiseConv2D(3, strides=2, padding="valid", use_bias=False,
-                                 dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
+  layer = _fast(3, strides=2, padding="valid", use_bias=False,
+                dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
   x = tf.zeros((1, 9, 9, 4), tf.bfloat16)
   layer.build(x.shape)
 
@@ -71,15 +81,18 @@ def test_strided_bfloat16_input_gradient_runs_the_float32_kernel():
   assert [op.get_attr("T") for op in backprop] == [tf.float32]
 
 
-def test_layer_serialises_and_is_built_by_depthwise_conv2d_same():
+def test_builders_make_keras_layers_and_the_cpu_policy_the_fast_one_which_serialises():
   inputs = keras.Input((9, 9, 4))
-  out = layers.depthwise_conv2d_same(inputs, 3, 2, 1, "sep_depthwise", bn_params=None,
+  out = layers.depthwise_conv2d_same(inputs, 3, 1, 2, "sep_depthwise", bn_params=None,
                                      activation=False)
   model = keras.Model(inputs, out)
-  layer = model.get_layer("sep_depthwise")
-  assert isinstance(layer, layers.DepthwiseConv2D)
-  clone = keras.Model.from_config(model.get_config())
-  assert type(clone.get_layer("sep_depthwise")) is layers.DepthwiseConv2D
+  assert type(model.get_layer("sep_depthwise")) is keras.layers.DepthwiseConv2D  # pylint: disable=unidiomatic-typecheck
+  fast = apply_kernel_policy(model, KernelPolicy.cpu(in_place_dilated_depthwise=True))
+  layer = fast.get_layer("sep_depthwise")
+  assert type(layer) is convolutions.DepthwiseConv2D  # pylint: disable=unidiomatic-typecheck
+  assert layer.in_place_dilation_max_span == 13
+  clone = keras.Model.from_config(fast.get_config())
+  assert clone.get_layer("sep_depthwise").get_config() == layer.get_config()
 
 
 def _graph_op_types(function, *args):
@@ -94,7 +107,7 @@ def test_dilated_convolution_and_gradients_equal_space_to_batch(kernel_size, rat
   x = tf.constant(RNG.standard_normal((2, 17, 15, 6)), tf.float32)
   kernel = tf.constant(RNG.standard_normal((kernel_size, kernel_size, 6, 1)), tf.float32)
   results = []
-  for convolution in (layers.dilated_depthwise_conv2d,
+  for convolution in (dilated_depthwise.dilated_depthwise_conv2d,
                       lambda x, k, rate, padding: tf.nn.depthwise_conv2d(
                           x, k, [1, 1, 1, 1], padding, dilations=rate)):
     with tf.GradientTape() as tape:
@@ -112,8 +125,8 @@ def test_dilated_input_gradient_against_finite_differences():
   """TF's CPU DepthwiseConv2dNative gradient kernels ignore dilations: this would catch their use."""
   x = tf.constant(RNG.standard_normal((1, 7, 7, 2)), tf.float32)
   kernel = tf.constant(RNG.standard_normal((3, 3, 2, 1)), tf.float32)
-  for argument, function in ((x, lambda x: layers.dilated_depthwise_conv2d(x, kernel, (2, 2), "SAME")),
-                             (kernel, lambda k: layers.dilated_depthwise_conv2d(x, k, (2, 2), "SAME"))):
+  for argument, function in ((x, lambda x: dilated_depthwise.dilated_depthwise_conv2d(x, kernel, (2, 2), "SAME")),
+                             (kernel, lambda k: dilated_depthwise.dilated_depthwise_conv2d(x, k, (2, 2), "SAME"))):
     (analytic,), (numeric,) = tf.test.compute_gradient(function, [argument], delta=1e-2)
     # The function is linear in each argument, so central differences are exact up to float32
     # rounding of sums of ~9 terms of size ~3, divided by delta: ~1e-4.
@@ -127,14 +140,14 @@ def test_dilated_input_gradient_against_finite_differences():
     (36, 3, 65, (6, 6)), (3, 5, 33, (1, 3)), (4, 5, 33, (2, 2)), (5, 1, 7, (1, 5))])
 def test_dilation_split(rate, kernel_size, size, split):
   """The fewest padded pixels, then the smallest block, among inner spans <= 13 pixels."""
-  assert layers.dilation_split(rate, kernel_size, size) == split
+  assert dilated_depthwise.dilation_split(rate, kernel_size, size) == split
 
 
 @pytest.mark.parametrize("rate,size,block,inner_rate", [
     (2, 21, 1, 2), (6, 21, 1, 6), (12, 21, 3, 4), (12, 22, 2, 6), (7, 21, 7, 1), (18, 20, 3, 6)])
 def test_layer_runs_the_dilation_split(rate, size, block, inner_rate):
-  layer = layers.DepthwiseConv2D(3, dilation_rate=rate, padding="same", use_bias=True,
-                                 bias_initializer="random_normal")
+  layer = _fast(3, dilation_rate=rate, padding="same", use_bias=True,
+                bias_initializer="random_normal")
   x = tf.constant(RNG.standard_normal((1, size, size, 4)), tf.float32)
   y = layer(x)
   expected = tf.nn.depthwise_conv2d(x, layer.kernel, [1, 1, 1, 1], "SAME",
@@ -144,7 +157,7 @@ def test_layer_runs_the_dilation_split(rate, size, block, inner_rate):
   ops = tf.function(layer).get_concrete_function(x).graph.get_operations()
   blocks = [tf.get_static_value(op.inputs[1]).tolist() for op in ops if op.type == "SpaceToBatchND"]
   convolutions = [list(op.get_attr("dilations")) for op in ops if op.type == "DepthwiseConv2dNative"]
-  if not layers.native_dilated_depthwise_available():  # TF's own kernel: tf.nn's form.
+  if not SPAN:  # TF's own kernel: the CPU policy keeps tf.nn's form.
     assert blocks == [[rate, rate]] and convolutions == [[1, 1, 1, 1]]
     return
   assert blocks == ([] if block == 1 else [[block, block]])
@@ -153,7 +166,8 @@ def test_layer_runs_the_dilation_split(rate, size, block, inner_rate):
 
 def test_dilation_split_with_unknown_height_and_width():
   """Compiled inference traces with relaxed shapes: the block's padding is then computed at run time."""
-  layer = layers.DepthwiseConv2D(3, dilation_rate=12, padding="same", use_bias=False)
+  layer = convolutions.DepthwiseConv2D(3, dilation_rate=12, padding="same", use_bias=False,
+                                       in_place_dilation_max_span=13)
   layer.build((None, None, None, 4))
   convolution = tf.function(layer, input_signature=[tf.TensorSpec([1, None, None, 4], tf.float32)])
   for height, width in ((21, 22), (33, 17)):
@@ -166,8 +180,13 @@ def test_dilation_split_with_unknown_height_and_width():
 
 
 def test_dilations_fall_back_to_space_to_batch_where_the_kernel_lacks_them(monkeypatch):
-  monkeypatch.setattr(layers, "native_dilated_depthwise_available", lambda: False)
-  layer = layers.DepthwiseConv2D(3, dilation_rate=2, padding="same", use_bias=False)
+  """Without oneDNN the CPU policy keeps tf.nn's form: its model has no in-place dilation."""
+  monkeypatch.setattr(dilated_depthwise, "native_dilated_depthwise_available", lambda: False)
+  assert not KernelPolicy.cpu().in_place_dilated_depthwise
+  inputs = keras.Input((9, 9, 4))
+  model = keras.Model(inputs, keras.layers.DepthwiseConv2D(3, dilation_rate=2, padding="same",
+                                                           use_bias=False, name="d")(inputs))
+  layer = apply_kernel_policy(model, KernelPolicy.cpu()).get_layer("d")
   x = tf.constant(RNG.standard_normal((1, 9, 9, 4)), tf.float32)
   assert "SpaceToBatchND" in _graph_op_types(layer, x)
   expected = tf.nn.depthwise_conv2d(x, layer.kernel, [1, 1, 1, 1], "SAME", dilations=[2, 2])
@@ -175,8 +194,8 @@ def test_dilations_fall_back_to_space_to_batch_where_the_kernel_lacks_them(monke
 
 
 def test_bfloat16_dilated_convolution_matches_float32():
-  layer = layers.DepthwiseConv2D(3, dilation_rate=2, padding="same", use_bias=False,
-                                 dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
+  layer = _fast(3, dilation_rate=2, padding="same", use_bias=False,
+                dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
   x = _bf16_values((2, 11, 11, 16))
   layer.build(x.shape)
   layer.set_weights([_bf16_values((3, 3, 16, 1)).numpy()])

@@ -21,10 +21,11 @@ from tensorflow.python.grappler import tf_optimizer
 import deeplab_tf
 import reference_case as rc
 from deeplab_tf.checkpoints import load_tf1_checkpoint, model_weights_by_checkpoint_name
-from deeplab_tf.model import folding, layers
+from deeplab_tf.model import layers
+from deeplab_tf.model.acceleration import KernelPolicy, inference_model
+from deeplab_tf.model.acceleration.folding import (BiasedAdd, FoldedBatchNorm, biases_after_add,
+                                                   fold_batch_norm, foldable_pairs)
 from deeplab_tf.model.deeplab import global_dtype_policy
-from deeplab_tf.model.folding import (BiasedAdd, FoldedBatchNorm, biases_after_add, fold_batch_norm,
-                                      foldable_pairs)
 
 
 def _relative_difference(a, b):
@@ -134,6 +135,16 @@ def _grappler_op_counts(model, size):
   return collections.Counter(node.op for node in tf_optimizer.OptimizeGraph(config, meta_graph).node)
 
 
+def _remapper_fuses(layer, policy: str = "float32") -> bool:
+  """Whether TF's remapper fuses `layer` with its bias and a ReLU on this CPU (oneDNN's fused kernels
+  depend on the instruction set: an AVX-512 machine fused float32 depthwise and bfloat16 convolutions,
+  an AVX2 one fuses neither)."""
+  with global_dtype_policy(policy):
+    inputs = keras.Input((9, 9, 3))
+    model = keras.Model(inputs, keras.layers.ReLU()(layer(inputs)))
+  return any(op.startswith("_Fused") for op in _grappler_op_counts(model, 9))
+
+
 @pytest.mark.parametrize("policy,fused_pointwise", [("float32", "_FusedMatMul"),
                                                      ("mixed_bfloat16", "_FusedConv2D")])
 def test_folded_xception_keeps_grappler_fusions(policy, fused_pointwise):
@@ -148,26 +159,37 @@ def test_folded_xception_keeps_grappler_fusions(policy, fused_pointwise):
                                     atrous_rates=(6, 12, 18), decoder_output_stride=4)
   with global_dtype_policy(policy):
     model = deeplab_tf.build_deeplab(options)
-  counts = _grappler_op_counts(fold_batch_norm(model), 65)
-  assert counts[fused_pointwise] >= 50, counts
-  assert counts["_FusedDepthwiseConv2dNative"] >= 60, counts
+  counts = _grappler_op_counts(inference_model(model, KernelPolicy.cpu()), 65)
+  # Where this CPU's oneDNN fuses a lone convolution with its bias and ReLU, the folded model's are.
+  if _remapper_fuses(lambda x: keras.layers.Conv2D(4, 3, padding="same")(x), policy):
+    assert counts[fused_pointwise] >= 50, counts
+  if _remapper_fuses(lambda x: keras.layers.DepthwiseConv2D(3, padding="same")(x), policy):
+    assert counts["_FusedDepthwiseConv2dNative"] >= 60, counts
 
 
 @pytest.mark.parametrize("policy,matmul", [("float32", True), ("mixed_bfloat16", False)])
 def test_folded_copy_computes_float32_pointwise_convolutions_as_matmul(policy, matmul):
-  """float32 copies take matrix products (1.05x faster here), bfloat16 ones convolutions (0.91x)."""
+  """The CPU policy's float32 copies take matrix products (1.05x faster here), bfloat16 ones
+  convolutions (0.91x); the portable copy (the default of `fold_batch_norm`) convolutions."""
   inputs = keras.Input((9, 9, 4), name="images")
   with global_dtype_policy(policy):
     x = layers.conv2d_same(inputs, 6, 1, 1, 1, "pw", bn_params=layers.BatchNormParams())
     model = keras.Model(inputs, x)
-  folded = fold_batch_norm(model)
-  assert folded.get_layer("pw").matmul_at_inference is matmul
-  assert not model.get_layer("pw").matmul_at_inference
-  ops = {op.type for op in tf.function(lambda a: folded(a, training=False)).get_concrete_function(
-      tf.TensorSpec((1, 9, 9, 4))).graph.get_operations()}
+  folded = inference_model(model, KernelPolicy.cpu())
+  assert getattr(folded.get_layer("pw"), "matmul_at_inference", False) is matmul
+  assert type(model.get_layer("pw")) is keras.layers.Conv2D  # pylint: disable=unidiomatic-typecheck
+
+  def op_types(m):
+    return {op.type for op in tf.function(lambda a: m(a, training=False)).get_concrete_function(
+        tf.TensorSpec((1, 9, 9, 4))).graph.get_operations()}
+
+  ops = op_types(folded)
   assert ("MatMul" in ops) is matmul and ("Conv2D" in ops) is not matmul, ops
-  config = folded.get_layer("pw").get_config()
-  assert layers.PointwiseConv2D.from_config(config).matmul_at_inference is matmul
+  layer = folded.get_layer("pw")
+  assert getattr(type(layer).from_config(layer.get_config()), "matmul_at_inference", False) is matmul
+  portable = fold_batch_norm(model)
+  assert type(portable.get_layer("pw")) is keras.layers.Conv2D  # pylint: disable=unidiomatic-typecheck
+  assert "MatMul" not in op_types(portable)
   x = np.random.default_rng(5).uniform(0, 255, (1, 9, 9, 4)).astype(np.float32)
   if policy == "float32":
     assert _relative_difference(folded(x, training=False).numpy(),
@@ -201,7 +223,7 @@ def test_biases_move_after_a_sum_read_by_a_relu_and_more():
   assert _relative_difference(live(x, training=False).numpy(), changed) <= 1e-6
 
 
-def test_mixed_precision_copy_stores_weights_in_bfloat16(monkeypatch):
+def test_mixed_precision_copy_stores_weights_in_bfloat16():
   """A mixed_bfloat16 model's folded copy keeps bfloat16 weights: no weight Cast per call, same values."""
   keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
@@ -225,8 +247,7 @@ def test_mixed_precision_copy_stores_weights_in_bfloat16(monkeypatch):
   # rounding a float32 weight to bfloat16 once or at every call gives the same bfloat16 value.
   ours = folded(x, training=False).numpy()
   assert ours.dtype == np.float32
-  monkeypatch.setattr(folding, "_weights_in_compute_dtype", lambda policy: policy)
-  mixed = fold_batch_norm(model)
+  mixed = fold_batch_norm(model, weights_in_compute_dtype=False)
   assert mixed.get_layer("MobilenetV2.Conv").kernel.dtype == "float32"
   np.testing.assert_array_equal(ours, mixed(x, training=False).numpy())
 

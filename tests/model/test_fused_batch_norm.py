@@ -1,4 +1,6 @@
-"""`FusedBatchNormalization` computes Keras' BatchNormalization (and slim's fused BN) on one kernel.
+"""The original's BatchNorm (`layers.BatchNormalization`, plain TF ops) and the CPU policy's
+`FusedBatchNormalization` (one kernel) compute Keras' BatchNormalization, with slim's fused BN's
+Bessel-corrected moving variance.
 
 References are Keras' own `BatchNormalization` with the same weights and numpy by hand. Tolerances:
 float32 results of two different reduction orders over <= 2*9*9 values differ by a few ulps of their
@@ -11,6 +13,8 @@ import pytest
 import tensorflow as tf
 
 from deeplab_tf.model import layers
+from deeplab_tf.model.acceleration.batch_norm import FusedBatchNormalization
+from deeplab_tf.model.acceleration.channel_padding import channel_padding
 
 RNG = np.random.default_rng(0)
 X = (RNG.standard_normal((2, 9, 9, 4)) * 3.0 + 1.5).astype(np.float32)
@@ -18,8 +22,8 @@ WEIGHTS = [np.array([1.0, 0.5, 2.0, -1.0], np.float32), np.array([0.1, -0.2, 0.3
            np.array([0.5, 1.0, -1.0, 0.0], np.float32), np.array([2.0, 1.0, 0.5, 4.0], np.float32)]
 
 
-def _pair(momentum=0.9, epsilon=1e-3):
-  fused = layers.FusedBatchNormalization(momentum=momentum, epsilon=epsilon)
+def _pair(momentum=0.9, epsilon=1e-3, cls=FusedBatchNormalization):
+  fused = cls(momentum=momentum, epsilon=epsilon)
   plain = keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon)
   for layer in (fused, plain):
     layer.build(X.shape)
@@ -36,8 +40,9 @@ def test_inference_equals_keras_and_the_formula():
                              atol=1e-5)
 
 
-def test_training_output_gradients_and_moving_averages():
-  fused, plain = _pair(momentum=0.25)
+@pytest.mark.parametrize("cls", [FusedBatchNormalization, layers.BatchNormalization])
+def test_training_output_gradients_and_moving_averages(cls):
+  fused, plain = _pair(momentum=0.25, cls=cls)
   x = tf.constant(X)
   results = []
   for layer in (fused, plain):
@@ -73,7 +78,8 @@ def test_mixed_bfloat16_keeps_activations_in_bfloat16():
   inputs = keras.Input((9, 9, 4), dtype="bfloat16")
   policy = keras.mixed_precision.Policy("mixed_bfloat16")
   x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, dtype=policy)(inputs)
-  x = layers.FusedBatchNormalization(dtype=policy)(x)
+  x = FusedBatchNormalization(dtype=policy, bf16_training_channel_multiple=16,
+                              bf16_inference_as_affine=True)(x)
   x = keras.layers.ReLU(dtype=policy)(x)
   model = keras.Model(inputs, x)
   for training in (False, True):
@@ -107,8 +113,9 @@ def test_mixed_bfloat16_keeps_activations_in_bfloat16():
 @pytest.mark.parametrize("channels,padded", [(4, 16), (728, 736), (16, 16), (736, 736)])
 def test_bfloat16_training_bn_pads_channels_to_whole_vectors(channels, padded):
   """bfloat16 training BN runs the bfloat16 kernel on channels zero-padded to a multiple of 16."""
-  assert layers.bf16_training_bn_channel_padding(channels) == padded - channels
-  bn = layers.FusedBatchNormalization(dtype=keras.mixed_precision.Policy("mixed_bfloat16"))
+  assert channel_padding(channels, 16) == padded - channels
+  bn = FusedBatchNormalization(dtype=keras.mixed_precision.Policy("mixed_bfloat16"),
+                               bf16_training_channel_multiple=16)
   x = tf.cast(RNG.standard_normal((2, 3, 3, channels)) * 3.0 + 1.5, tf.bfloat16)
   bn.build(x.shape)
   bn.gamma.assign(RNG.uniform(0.5, 2.0, channels))
@@ -136,7 +143,7 @@ def test_bfloat16_training_bn_pads_channels_to_whole_vectors(channels, padded):
   np.testing.assert_allclose(bn.moving_mean.numpy(), 0.01 * mean, rtol=0.02, atol=1e-4)
   np.testing.assert_allclose(bn.moving_variance.numpy(), 0.99 + 0.01 * var * 18 / 17, rtol=0.02)
   # The gradient is float32 BN's to bfloat16 precision (2**-8 of its largest values).
-  reference = layers.FusedBatchNormalization()
+  reference = FusedBatchNormalization()
   reference.build(x.shape)
   reference.set_weights([gamma, beta, np.zeros(channels), np.ones(channels)])
   with tf.GradientTape() as tape:
@@ -147,24 +154,28 @@ def test_bfloat16_training_bn_pads_channels_to_whole_vectors(channels, padded):
                              atol=2 ** -5 * np.abs(expected).max())
 
 
-def test_bfloat16_training_bn_padding_can_be_switched_off(monkeypatch):
-  monkeypatch.setattr(layers, "BF16_TRAINING_BN_CHANNEL_MULTIPLE", 1)
-  assert layers.bf16_training_bn_channel_padding(728) == 0
-  assert layers.bf16_training_bn_channel_padding(None) == 0
+def test_bfloat16_training_bn_padding_can_be_switched_off():
+  bn = FusedBatchNormalization(dtype=keras.mixed_precision.Policy("mixed_bfloat16"),
+                               bf16_training_channel_multiple=1)
+  x = tf.zeros((2, 3, 3, 728), tf.bfloat16)
+  graph = tf.function(lambda a: bn(a, training=True)).get_concrete_function(x).graph
+  kernels = [op.inputs[0] for op in graph.get_operations() if op.type == "FusedBatchNormV3"]
+  assert [k.shape[-1] for k in kernels] == [728]
 
 
-def test_other_inputs_fall_back_to_keras():
-  layer = layers.FusedBatchNormalization()
+@pytest.mark.parametrize("cls", [FusedBatchNormalization, layers.BatchNormalization])
+def test_other_inputs_fall_back_to_keras(cls):
+  layer = cls()
   x = RNG.standard_normal((3, 4)).astype(np.float32)
   out = layer(x, training=True).numpy()
   np.testing.assert_allclose(out, (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-3), atol=1e-5)
 
 
-def test_batch_norm_helper_builds_the_fused_layer_and_serialises():
+def test_batch_norm_helper_builds_the_plain_layer_and_serialises():
   inputs = keras.Input((9, 9, 4))
   model = keras.Model(inputs, layers.batch_norm(inputs, "a/b", layers.BatchNormParams(0.99, 1e-5)))
   layer = model.get_layer("a.b.BatchNorm")
-  assert isinstance(layer, layers.FusedBatchNormalization)
+  assert type(layer) is layers.BatchNormalization  # pylint: disable=unidiomatic-typecheck
   assert (layer.momentum, layer.epsilon) == pytest.approx((0.99, 1e-5))
   clone = keras.Model.from_config(model.get_config())
-  assert isinstance(clone.get_layer("a.b.BatchNorm"), layers.FusedBatchNormalization)
+  assert type(clone.get_layer("a.b.BatchNorm")) is layers.BatchNormalization  # pylint: disable=unidiomatic-typecheck

@@ -8,13 +8,14 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_tf.model import layers
+from deeplab_tf.model.acceleration import KernelPolicy, apply_kernel_policy, convolutions
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((2, 5, 7, 16)).astype(np.float32)
 
 
 def test_training_matmul_equals_the_convolution_and_its_gradients():
-  pointwise = layers.PointwiseConv2D(8, 1, use_bias=True, name="p")
+  pointwise = convolutions.PointwiseConv2D(8, 1, use_bias=True, name="p")
   plain = keras.layers.Conv2D(8, 1, use_bias=True)
   for layer in (pointwise, plain):
     layer.build(X.shape)
@@ -35,9 +36,13 @@ def test_training_matmul_equals_the_convolution_and_its_gradients():
 
 
 def test_training_graph_uses_matmul_and_inference_the_convolution():
+  """The CPU policy's training model: matrix products in training, the convolution at inference
+  (which grappler fuses with the BatchNorm after it)."""
   inputs = keras.Input((None, None, 16))
-  model = keras.Model(inputs, layers.conv2d_same(inputs, 8, 1, 1, 1, "a/b", bn_params=None))
-  assert isinstance(model.get_layer("a.b"), layers.PointwiseConv2D)
+  plain = keras.Model(inputs, layers.conv2d_same(inputs, 8, 1, 1, 1, "a/b", bn_params=None))
+  assert type(plain.get_layer("a.b")) is keras.layers.Conv2D  # pylint: disable=unidiomatic-typecheck
+  model = apply_kernel_policy(plain, KernelPolicy.cpu(), training=True)
+  assert isinstance(model.get_layer("a.b"), convolutions.PointwiseConv2D)
   for training, expected in ((True, "MatMul"), (False, "Conv2D")):
     graph = tf.function(lambda t, training=training: model(t, training=training)).get_concrete_function(
         tf.TensorSpec((None, None, None, 16))).graph

@@ -17,6 +17,7 @@ import deeplab_tf
 import reference_case as rc
 import tie_aware
 from deeplab_tf.checkpoints import load_tf1_checkpoint, model_weights_by_checkpoint_name
+from deeplab_tf.model.acceleration import KernelPolicy, apply_kernel_policy, inference_model
 
 
 # Kept for test_xception_65_matches_the_original; every other model is released after its test.
@@ -84,15 +85,28 @@ def test_variant(name, tmp_path):
 # of their largest magnitude (the original's own oneDNN on/off runs differ by 4e-6; ours measure 3.8e-6
 # with oneDNN off and 4.3e-6 with it on), with labels equal wherever the reference's top-2 margin
 # exceeds twice that (tie_aware; 5 of 16,641 pixels are nearer ties than that).
+#
+# Under every kernel policy: the plain model (portable), the CPU policy's inference model (folded,
+# matrix products, in-place dilations where this TensorFlow has them) and its training form (728
+# channels carried as 736, fused BatchNorm) called for inference, as validation during training does.
+KERNEL_POLICY_FORMS = {
+    "portable": lambda model: model,
+    "cpu_inference": lambda model: inference_model(model, KernelPolicy.cpu()),
+    "cpu_training_form": lambda model: apply_kernel_policy(model, KernelPolicy.cpu(), training=True),
+}
+
+
 @pytest.mark.reference
-def test_xception_65_matches_the_original(tmp_path):
+@pytest.mark.parametrize("form", sorted(KERNEL_POLICY_FORMS))
+def test_xception_65_matches_the_original(tmp_path, form):
   case = rc.XCEPTION_65_CASE_DIR
   prefix = rc.write_checkpoint_from_vars(str(tmp_path / "model.ckpt"), rc.load_vars("xception_65"))
   # DeepLabv3+, 21 classes, output_stride 16, rates 6/12/18, decoder stride 4, separable convs.
   model = _build("xception_65")
   report = load_tf1_checkpoint(model, prefix)
   assert report.assigned == 732
-  ours = model(np.load(os.path.join(case, "input.npy")), training=False).numpy()
+  ours = KERNEL_POLICY_FORMS[form](model)(np.load(os.path.join(case, "input.npy")),
+                                          training=False).numpy()
   ref = np.load(os.path.join(case, "logits.npy"))
   assert ours.shape == ref.shape == (1, 129, 129, 21)
   tie_aware.assert_matches(ours, ref, 1e-5 * np.abs(ref).max(),

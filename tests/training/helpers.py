@@ -14,7 +14,7 @@ def tiny_model(options):
   images = keras.Input((CROP, CROP, 3), name="images")
   x = layers.Preprocess(layers.ZERO_MEAN_UNIT_RANGE, name="preprocess")(images)
   x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv1")(x)
-  x = layers.FusedBatchNormalization(momentum=0.9, name="conv1.BatchNorm")(x)
+  x = layers.BatchNormalization(momentum=0.9, name="conv1.BatchNorm")(x)
   x = keras.layers.ReLU()(x)
   x = keras.layers.Conv2D(options.num_classes, 1, name="logits.semantic", dtype="float32")(x)
   x = layers.ResizeLike(name="upsample_logits", dtype="float32")([x, images])

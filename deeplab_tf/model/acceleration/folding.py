@@ -28,7 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deeplab_tf.model import layers as deeplab_layers
+from deeplab_tf.model.acceleration import channel_padding as padding_lib
+from deeplab_tf.model.acceleration import rewrite as rewrite_lib
 
 
 @keras.saving.register_keras_serializable(package="deeplab_tf")
@@ -57,8 +58,8 @@ class LiveFoldedConv(keras.layers.Layer):
   what compiled inference (`deeplab_tf.evaluation.inference.compiled_network`) runs. Not serialisable
   (it refers to other layers); export uses the copying fold.
 
-  A channel-padded `conv` (`layers.Conv2D`) computes its real channels only, unless
-  `keep_channel_padding`.
+  A channel-padded `conv` (`channel_padding`) computes its real channels only, unless
+  `keep_channel_padding`. A depthwise convolution runs by `conv`'s own kernels (the kernel policy's).
   """
 
   def __init__(self, conv, bn, with_bias: bool = True, keep_channel_padding: bool = False,
@@ -67,7 +68,7 @@ class LiveFoldedConv(keras.layers.Layer):
     self.conv = conv
     self.bn = bn
     self.with_bias = with_bias  # False: a `LiveBiasedAdd` after it adds the bias.
-    self.paddings = deeplab_layers.channel_paddings(conv) if keep_channel_padding else (0, 0)
+    self.paddings = padding_lib.channel_paddings(conv) if keep_channel_padding else (0, 0)
 
   def call(self, inputs):
     conv, bn = self.conv, self.bn
@@ -76,17 +77,20 @@ class LiveFoldedConv(keras.layers.Layer):
     depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
     kernel = kernel * (scale[:, None] if depthwise else scale)
     input_padding, output_padding = self.paddings
-    kernel = deeplab_layers.pad_kernel(tf.cast(kernel, inputs.dtype), depthwise, input_padding,
-                                       output_padding)
-    if depthwise:
-      outputs = deeplab_layers.depthwise_conv(inputs, kernel, conv.strides, conv.padding,
-                                              conv.dilation_rate, conv.data_format)
+    kernel = padding_lib.pad_kernel(tf.cast(kernel, inputs.dtype), depthwise, input_padding,
+                                    output_padding)
+    if depthwise and hasattr(conv, "depthwise"):  # The kernel policy's DepthwiseConv2D.
+      outputs = conv.depthwise(inputs, kernel)
+    elif depthwise:
+      outputs = keras.ops.depthwise_conv(inputs, kernel, strides=conv.strides, padding=conv.padding,
+                                         dilation_rate=conv.dilation_rate,
+                                         data_format=conv.data_format)
     else:
       outputs = conv.convolution_op(inputs, kernel)
     if not self.with_bias:
       return outputs
-    return tf.nn.bias_add(outputs, deeplab_layers.pad_channels(tf.cast(bias, outputs.dtype),
-                                                               output_padding))
+    return tf.nn.bias_add(outputs, padding_lib.pad_channels(tf.cast(bias, outputs.dtype),
+                                                            output_padding))
 
   def compute_output_shape(self, input_shape):
     shape = tuple(self.conv.compute_output_shape(input_shape))
@@ -133,30 +137,16 @@ class LiveBiasedAdd(keras.layers.Layer):
     for x in inputs[1:]:
       total = total + x
     bias = tf.add_n([_live_scale_and_bias(conv, bn)[1] for conv, bn in self.folded])
-    bias = deeplab_layers.pad_channels(tf.cast(bias, total.dtype), total.shape[-1] - bias.shape[0])
+    bias = padding_lib.pad_channels(tf.cast(bias, total.dtype), total.shape[-1] - bias.shape[0])
     return tf.nn.bias_add(total, bias)
 
   def compute_output_shape(self, input_shape):
     return input_shape[0]
 
 
-def _readers(model: keras.Model) -> Dict[str, List[str]]:
-  """`{layer name: names of the layers reading its output}`, one entry per read; "" for a model output."""
-  readers: Dict[str, List[str]] = {}
-  for layer in model.layers:
-    for node in layer._inbound_nodes:  # pylint: disable=protected-access
-      for tensor in node.input_tensors:
-        producer = tensor._keras_history.operation  # pylint: disable=protected-access
-        readers.setdefault(producer.name, []).append(layer.name)
-  for tensor in model.outputs:
-    producer = tensor._keras_history.operation  # pylint: disable=protected-access
-    readers.setdefault(producer.name, []).append("")
-  return readers
-
-
 def _consumers(model: keras.Model) -> Dict[str, int]:
   """Number of layer calls that read each layer's output."""
-  return {name: len(names) for name, names in _readers(model).items()}
+  return {name: len(names) for name, names in padding_lib.readers(model).items()}
 
 
 def foldable_pairs(model: keras.Model) -> Dict[str, str]:
@@ -195,7 +185,7 @@ def biases_after_add(model: keras.Model, pairs: Dict[str, str]) -> Dict[str, Lis
   remapper mishandles, see the module docstring); the convolutions listed are those folded with a BN
   (`pairs`, as from `foldable_pairs`) whose BN output only that `Add` reads.
   """
-  readers = _readers(model)
+  readers = padding_lib.readers(model)
   moved = {}
   for layer in model.layers:
     if type(layer) is not keras.layers.Add or len(layer._inbound_nodes) != 1:  # pylint: disable=protected-access,unidiomatic-typecheck
@@ -235,44 +225,48 @@ def _weights_in_compute_dtype(policy):
   return policy
 
 
-def fold_batch_norm(model: keras.Model, live: bool = False) -> keras.Model:
+def fold_batch_norm(model: keras.Model, live: bool = False, *, weights_in_compute_dtype: bool = True,
+                    bias_after_shared_add: bool = True, kernel_policy=None) -> keras.Model:
   """A copy of a functional `model` computing its inference function with BatchNorms folded.
+
+  The copy carries no channel padding (`channel_padding`): it computes the real channels only, as the
+  original. Its kernels are `kernel_policy`'s for inference (default: plain Keras/TF arithmetic);
+  `policy.inference_model` is the usual way in.
 
   Args:
     model: a functional Keras model (e.g. from `build_deeplab`); it is not modified.
     live: share `model`'s layers and variables instead of copying them: each conv + BN pair becomes a
       `LiveFoldedConv` that folds their current values at every call (for compiled inference of a
-      model that may still change); the default copies folded values (for export).
+      model that may still change, with `model`'s own kernels); the default copies folded values.
+    weights_in_compute_dtype: a copy stores its weights in their compute dtype: a mixed precision
+      layer ('mixed_bfloat16') becomes a 'bfloat16' one, whose call casts no weight (the same values:
+      the mixed layer rounds its float32 weights to bfloat16 at each call; the folded copy rounds them
+      once), which made the bfloat16 Xception-65 at 513x513 1.1x faster.
+    bias_after_shared_add: move folded biases after the sums `biases_after_add` names (the grappler
+      remapper workaround of the module docstring; plain arithmetic, harmless elsewhere).
+    kernel_policy: a `policy.KernelPolicy` choosing the copy's kernels (as
+      `apply_kernel_policy(..., training=False)`); None: portable. Not used by a live fold, which
+      runs `model`'s own layers.
 
   Returns:
     A new functional model with the same inputs, outputs, layer names and compute dtypes, whose
-    folded convolutions have a bias (or, where `biases_after_add` says so, no bias and a `BiasedAdd` /
+    folded convolutions have a bias (or, where biases are moved, no bias and a `BiasedAdd` /
     `LiveBiasedAdd` after them) and whose folded BatchNorms are `FoldedBatchNorm` identities. Call it
     with `training=False` semantics only (it has no batch statistics to compute). `model` itself
     when there is nothing to fold, or when it is not a functional Keras model (a Sequential or
-    subclassed model, whose graph cannot be rewritten). A copy stores its weights in their compute
-    dtype: a mixed precision layer ('mixed_bfloat16') becomes a 'bfloat16' one, whose call casts no
-    weight (the same values: the mixed layer rounds its float32 weights to bfloat16 at each call; the
-    folded copy rounds them once), which made the bfloat16 Xception-65 at 513x513 1.1x faster. A
-    float32 copy computes its `PointwiseConv2D`s as matrix products (`matmul_at_inference`): with no
-    BatchNorm left to fuse, Xception-65's 513x513 inference ran 1.04-1.10x faster so (bfloat16 copies
-    keep convolutions, 0.91x as matrix products; benchmarks/README.md). The folded model carries no
-    channel padding (`layers.Conv2D`): it computes the real channels only, as the original, where
-    the padding only helped training (bfloat16 inference of Xception-65 at 513x513 was 0.97x as
-    fast padded, float32 1.00x; benchmarks/README.md). (A live fold keeps the padding when a padded
-    layer is not folded.)
+    subclassed model, whose graph cannot be rewritten). (A live fold keeps the channel padding when
+    a padded layer is not folded.)
   """
-  if not isinstance(model, keras.Model) or isinstance(model, keras.Sequential) or not getattr(
-      model, "_nodes_by_depth", None):
+  if not rewrite_lib.is_functional(model):
     return model
   pairs = foldable_pairs(model)
   if not pairs:
     return model
   folded_convs = {conv: bn for bn, conv in pairs.items()}
-  moved = biases_after_add(model, pairs)
+  moved = biases_after_add(model, pairs) if bias_after_shared_add else {}
   bias_moved = {conv: add for add, convs in moved.items() for conv in convs}
   if live:
-    keep_padding = any(any(deeplab_layers.channel_paddings(layer)) and layer.name not in pairs
+    keep_padding = any(any(padding_lib.channel_paddings(layer)) and layer.name not in pairs
                        and layer.name not in folded_convs for layer in model.layers)
 
     def share(layer):
@@ -290,9 +284,15 @@ def fold_batch_norm(model: keras.Model, live: bool = False) -> keras.Model:
       return layer
     return keras.models.clone_model(model, clone_function=share)
 
+  if kernel_policy is None:
+    from deeplab_tf.model.acceleration.policy import KernelPolicy  # pylint: disable=g-import-not-at-top
+    kernel_policy = KernelPolicy.portable()
+
   def clone(layer):
-    config = deeplab_layers.config_without_channel_padding(layer.get_config())
-    policy = _weights_in_compute_dtype(layer.dtype_policy)
+    cls, config = rewrite_lib.layer_spec(layer, kernel_policy, (0, 0), training=False)
+    policy = layer.dtype_policy
+    if weights_in_compute_dtype:
+      policy = _weights_in_compute_dtype(policy)
     # Serialised, not the policy object: Keras' automatic `get_config` of layers without their own
     # (FoldedBatchNorm, ResizeLike) needs JSON-able constructor arguments, or the copy cannot be saved.
     config["dtype"] = keras.dtype_policies.serialize(policy)
@@ -301,11 +301,9 @@ def fold_batch_norm(model: keras.Model, live: bool = False) -> keras.Model:
     if layer.name in folded_convs:
       config["use_bias"] = layer.name not in bias_moved
       config["bias_initializer"] = "zeros"
-      if isinstance(layer, deeplab_layers.PointwiseConv2D) and policy.compute_dtype == "float32":
-        config["matmul_at_inference"] = True
     if layer.name in moved:
       return BiasedAdd.from_config(config)
-    return layer.__class__.from_config(config)
+    return cls.from_config(config)
 
   folded = keras.models.clone_model(model, clone_function=clone)
   add_biases: Dict[str, np.ndarray] = {}

@@ -96,10 +96,10 @@ def expanded_conv(x, num_outputs: int, expansion_size: int, stride: int, rate: i
   inputs = x
   if expansion_size > x.shape[-1]:
     x = _conv_bn(x, expansion_size, 1, 1, scope + "/expand", activation=True)
-  x = layers.DepthwiseConv2D(3, strides=stride, dilation_rate=rate, padding="same",
-                             depth_multiplier=1, use_bias=False,
-                             depthwise_initializer=_initializer(),
-                             name=layers.scope_to_layer_name(scope + "/depthwise"))(x)
+  x = keras.layers.DepthwiseConv2D(3, strides=stride, dilation_rate=rate, padding="same",
+                                   depth_multiplier=1, use_bias=False,
+                                   depthwise_initializer=_initializer(),
+                                   name=layers.scope_to_layer_name(scope + "/depthwise"))(x)
   x = layers.batch_norm(x, scope + "/depthwise", MOBILENET_BN)
   depthwise_output = _relu6(x, scope + "/depthwise")
   x = _conv_bn(depthwise_output, num_outputs, 1, 1, scope + "/project", activation=False)

@@ -202,10 +202,10 @@ def expanded_conv(x, op: Op, num_outputs: int, stride: int, rate: int, scope: st
       x = _conv_bn(x, expansion, 1, 1, 1, scope + "/expand", op.activation)
   depthwise_output = None
   if not op.fused:
-    x = layers.DepthwiseConv2D(op.kernel_size, strides=stride, dilation_rate=rate,
-                               padding="same", depth_multiplier=1, use_bias=False,
-                               depthwise_initializer=_initializer(),
-                               name=layers.scope_to_layer_name(scope + "/depthwise"))(x)
+    x = keras.layers.DepthwiseConv2D(op.kernel_size, strides=stride, dilation_rate=rate,
+                                     padding="same", depth_multiplier=1, use_bias=False,
+                                     depthwise_initializer=_initializer(),
+                                     name=layers.scope_to_layer_name(scope + "/depthwise"))(x)
     x = layers.batch_norm(x, scope + "/depthwise", MOBILENET_BN)
     x = depthwise_output = activation_layer(
         op.activation, layers.scope_to_layer_name(f"{scope}/depthwise/{op.activation}"))(x)

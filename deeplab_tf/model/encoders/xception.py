@@ -12,9 +12,9 @@ the BN outputs of the pre-activated separable convs clipped to [-6, 6], both ter
 clipped and the sum ReLU6-activated; and, as `xception_arg_scope` sets `use_explicit_padding=not
 use_bounded_activation`, the strided separable convs use TF's 'SAME' padding instead of fixed padding.
 
-Speed, not architecture: the 728-channel features of the entry, middle and exit flows are computed
-as 736 channels whose last 8 are zeros (`CHANNEL_MULTIPLE`; `layers.Conv2D` explains why). The
-variables keep the original's shapes, and the features in the returned endpoints have 728 channels.
+This file is the architecture only: how its layers are computed on a machine (e.g. the 728-channel
+features carried as 736 on AVX-512 CPUs) is the kernel policy's rewrite of the built model
+(`deeplab_tf.model.acceleration`).
 """
 
 from __future__ import annotations
@@ -33,12 +33,6 @@ XCEPTION_BN = BatchNormParams(decay=0.9997, epsilon=1e-3)
 XCEPTION_INITIALIZER_STDDEV = 0.09
 # core/xception.py `_CLIP_CAP`: the bound of clipped features with use_bounded_activation.
 CLIP_CAP = 6.0
-# Features whose channels are not a multiple of this are carried zero-padded up to one (728 -> 736)
-# between layers (`layers.Conv2D`); 1 builds the unpadded network. The training step of Xception-65
-# at 513x513, batch 2, ran 1.01-1.04x faster padded in float32 and 1.05x in bfloat16; inference was
-# not faster (float32 1.00x, bfloat16 0.97x), so folded and exported models drop the padding
-# (benchmarks/README.md "728 channels carried as 736").
-CHANNEL_MULTIPLE = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,28 +87,24 @@ XCEPTION_VARIANTS = {
 
 
 def _bounded_preactivated_separable_conv(x, filters: int, stride: int, rate: int, scope: str,
-                                         initializer, input_channel_padding: int,
-                                         output_channel_padding: int):
+                                         initializer):
   """The pre-activated separable conv with use_bounded_activation: depthwise ('SAME' padding, also
   when strided) + BN + clip, pointwise + BN + clip (core/xception.py `separable_conv2d_same` with
   `activation_fn=clip_by_value` and `use_explicit_padding=False`)."""
   name = layers.scope_to_layer_name(scope)
-  x = layers.DepthwiseConv2D(3, strides=stride, dilation_rate=rate, padding="same",
-                             depth_multiplier=1, use_bias=False, depthwise_initializer=initializer,
-                             channel_padding=input_channel_padding, name=name + "_depthwise")(x)
-  x = layers.batch_norm(x, scope + "_depthwise", XCEPTION_BN, input_channel_padding)
+  x = keras.layers.DepthwiseConv2D(3, strides=stride, dilation_rate=rate, padding="same",
+                                   depth_multiplier=1, use_bias=False,
+                                   depthwise_initializer=initializer, name=name + "_depthwise")(x)
+  x = layers.batch_norm(x, scope + "_depthwise", XCEPTION_BN)
   x = Clip(CLIP_CAP, name=name + "_depthwise.clip")(x)
   x = layers.conv2d_same(x, filters, 1, 1, 1, scope + "_pointwise", bn_params=XCEPTION_BN,
-                         activation=False, kernel_initializer=initializer,
-                         input_channel_padding=input_channel_padding,
-                         output_channel_padding=output_channel_padding)
+                         activation=False, kernel_initializer=initializer)
   return Clip(CLIP_CAP, name=name + "_pointwise.clip")(x)
 
 
 def xception_module(x, depth_list: Sequence[int], skip_connection_type: str, stride: int, rate: int,
                     unit_rate_list: Sequence[int], activation_fn_in_separable_conv: bool, scope: str,
-                    endpoints: Dict[str, object], use_bounded_activation: bool = False,
-                    input_channel_padding: int = 0, channel_multiple: int = 1):
+                    endpoints: Dict[str, object], use_bounded_activation: bool = False):
   """One xception module: three separable convs (stride on the third) plus a shortcut.
 
   Args:
@@ -128,22 +118,18 @@ def xception_module(x, depth_list: Sequence[int], skip_connection_type: str, str
     activation_fn_in_separable_conv: BN + ReLU after both halves (exit_flow/block2) instead of
       ReLU before the depthwise conv and no activation after (pre-activation, everywhere else).
     scope: variable scope of the module, `<...>/unit_<U>/xception_module`.
-    endpoints: dict receiving `<scope>/separable_conv<N>_pointwise` outputs (unpadded).
+    endpoints: dict receiving `<scope>/separable_conv<N>_pointwise` outputs.
     use_bounded_activation: the bounded form (module docstring).
-    input_channel_padding: trailing zero channels of `x` (`layers.Conv2D`).
-    channel_multiple: features are carried with their channels zero-padded up to a multiple of it.
 
   Returns:
-    `[batch, ceil(height / stride), ceil(width / stride), depth_list[-1] + padding]`: residual +
-    shortcut, not activated (ReLU6-activated with use_bounded_activation), `padding` trailing zero
-    channels rounding `depth_list[-1]` up to a multiple of `channel_multiple`.
+    `[batch, ceil(height / stride), ceil(width / stride), depth_list[-1]]`: residual + shortcut, not
+    activated (ReLU6-activated with use_bounded_activation).
 
   Raises:
     ValueError: for an unknown `skip_connection_type` or a 'sum' shortcut with a channel change.
   """
   inputs = x
   residual = x
-  paddings = [input_channel_padding] + [layers.channel_padding(d, channel_multiple) for d in depth_list]
   depthwise_init = keras.initializers.TruncatedNormal(stddev=XCEPTION_INITIALIZER_STDDEV)
   relu_max_value = 6.0 if use_bounded_activation else None
   for i in range(3):
@@ -153,18 +139,15 @@ def xception_module(x, depth_list: Sequence[int], skip_connection_type: str, str
     if use_bounded_activation and not activation_fn_in_separable_conv:
       residual = _bounded_preactivated_separable_conv(
           residual, depth_list[i], stride if i == 2 else 1, rate * unit_rate_list[i], conv_scope,
-          depthwise_init, paddings[i], paddings[i + 1])
+          depthwise_init)
     else:
       residual = layers.split_separable_conv2d(
           residual, depth_list[i], conv_scope, kernel_size=3, stride=stride if i == 2 else 1,
           rate=rate * unit_rate_list[i], bn_params=XCEPTION_BN,
           activation=activation_fn_in_separable_conv, depthwise_initializer=depthwise_init,
           pointwise_initializer=keras.initializers.TruncatedNormal(stddev=XCEPTION_INITIALIZER_STDDEV),
-          relu_max_value=relu_max_value, input_channel_padding=paddings[i],
-          output_channel_padding=paddings[i + 1])
-    endpoints[conv_scope + "_pointwise"] = residual if not paddings[i + 1] else (
-        layers.DropChannelPadding(depth_list[i], name=layers.scope_to_layer_name(
-            conv_scope + "_pointwise/unpadded"))(residual))
+          relu_max_value=relu_max_value)
+    endpoints[conv_scope + "_pointwise"] = residual
   name = layers.scope_to_layer_name(scope)
 
   def _sum(a, b):
@@ -178,12 +161,11 @@ def xception_module(x, depth_list: Sequence[int], skip_connection_type: str, str
     shortcut = layers.conv2d_same(
         inputs, depth_list[-1], 1, stride, 1, scope + "/shortcut", bn_params=XCEPTION_BN,
         activation=False,
-        kernel_initializer=keras.initializers.TruncatedNormal(stddev=XCEPTION_INITIALIZER_STDDEV),
-        input_channel_padding=paddings[0], output_channel_padding=paddings[-1])
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=XCEPTION_INITIALIZER_STDDEV))
     return _sum(residual, shortcut)
   if skip_connection_type == "sum":
-    if inputs.shape[-1] - paddings[0] != depth_list[-1]:
-      raise ValueError(f"{scope}: a 'sum' shortcut needs {inputs.shape[-1] - paddings[0]} output "
+    if inputs.shape[-1] != depth_list[-1]:
+      raise ValueError(f"{scope}: a 'sum' shortcut needs {inputs.shape[-1]} output "
                        f"channels, got depth_list={list(depth_list)}.")
     return _sum(residual, inputs)
   if skip_connection_type == "none":
@@ -193,8 +175,7 @@ def xception_module(x, depth_list: Sequence[int], skip_connection_type: str, str
 
 def build_xception(images, model_variant: str, output_stride: int,
                    multi_grid: Optional[Sequence[int]] = None,
-                   use_bounded_activation: bool = False,
-                   channel_multiple: Optional[int] = None) -> Dict[str, object]:
+                   use_bounded_activation: bool = False) -> Dict[str, object]:
   """Builds an aligned Xception encoder on preprocessed images.
 
   Striding follows `stack_blocks_dense` (core/xception.py): the stem's stride 2 counts first; once the
@@ -207,8 +188,6 @@ def build_xception(images, model_variant: str, output_stride: int,
     output_stride: 8, 16 or 32.
     multi_grid: unit rates of exit_flow/block2, default (1, 1, 1).
     use_bounded_activation: the bounded form for quantized inference (module docstring).
-    channel_multiple: features are carried zero-padded to a multiple of this many channels (module
-      docstring); default `CHANNEL_MULTIPLE`.
 
   Returns:
     `{"low_level": [batch, ceil(height/4), ceil(width/4), 256], "encoder_output": [batch,
@@ -229,8 +208,6 @@ def build_xception(images, model_variant: str, output_stride: int,
   endpoints: Dict[str, object] = {}
 
   relu_max_value = 6.0 if use_bounded_activation else None
-  channel_multiple = CHANNEL_MULTIPLE if channel_multiple is None else channel_multiple
-  padding = 0
   net = layers.conv2d_same(images, 32, 3, 2, 1, f"{root}/entry_flow/conv1_1", bn_params=XCEPTION_BN,
                            kernel_initializer=init, relu_max_value=relu_max_value)
   net = layers.conv2d_same(net, 64, 3, 1, 1, f"{root}/entry_flow/conv1_2", bn_params=XCEPTION_BN,
@@ -246,20 +223,17 @@ def build_xception(images, model_variant: str, output_stride: int,
       if current_stride == target:
         net = xception_module(net, block.depth_list, block.skip_connection_type, 1, rate, unit_rates,
                               block.activation_fn_in_separable_conv, scope, endpoints,
-                              use_bounded_activation, padding, channel_multiple)
+                              use_bounded_activation)
         rate *= block.stride
       else:
         net = xception_module(net, block.depth_list, block.skip_connection_type, block.stride, 1,
                               unit_rates, block.activation_fn_in_separable_conv, scope, endpoints,
-                              use_bounded_activation, padding, channel_multiple)
+                              use_bounded_activation)
         current_stride *= block.stride
-      padding = layers.channel_padding(block.depth_list[-1], channel_multiple)
   if current_stride != target:
     raise ValueError(f"output_stride={output_stride} cannot be reached by {model_variant}.")
   for stride, name in decoder_end_points.items():
     endpoints[f"decoder_end_point/{stride}"] = endpoints[f"{root}/{name}"]
   endpoints["low_level"] = endpoints["decoder_end_point/4"]
-  if padding:  # Not for any of the original's variants (their last block has 2048 channels).
-    net = layers.DropChannelPadding(blocks[-1].depth_list[-1], name=f"{root}.unpadded")(net)
   endpoints["encoder_output"] = net
   return endpoints
