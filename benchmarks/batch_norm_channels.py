@@ -6,7 +6,7 @@
 Times one FusedBatchNormV3 in training mode with its gradient (a `tf.function` returning the
 gradients of x, gamma and beta) on bfloat16 activations `[batch, size, size, channels]`, three ways:
 the bfloat16 kernel as it is; the float32 kernel between two casts (what
-`deeplab_tf.model.layers.FusedBatchNormalization` did before); and the bfloat16 kernel on channels
+`deeplab_tf.model.acceleration.batch_norm.FusedBatchNormalization` did before); and the bfloat16 kernel on channels
 zero-padded to a multiple of 16 (what it does now, `bf16_training_bn_channel_padding`). Calls of the
 three alternate; their medians (milliseconds) are printed. On oneDNN's AVX-512 kernels the times
 depend on whether the channels fill whole 16-float vectors (benchmarks/README.md).

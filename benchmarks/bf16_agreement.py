@@ -25,7 +25,7 @@ from deeplab_tf import model_io  # pylint: disable=g-import-not-at-top
 from deeplab_tf.data import pipeline  # pylint: disable=g-import-not-at-top
 from deeplab_tf.evaluation.inference import predict_labels  # pylint: disable=g-import-not-at-top
 from deeplab_tf.model.deeplab import build_deeplab  # pylint: disable=g-import-not-at-top
-from deeplab_tf.model.folding import fold_batch_norm  # pylint: disable=g-import-not-at-top
+from deeplab_tf.model.acceleration import inference_model  # pylint: disable=g-import-not-at-top
 from deeplab_tf.options import ModelOptions  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_string("train_logdir", None, "Training log directory (model_options.json, ckpt-N).")
@@ -49,7 +49,7 @@ def _model(options, policy):
   keras.mixed_precision.set_global_policy("float32")
   tf.train.Checkpoint(model=model).restore(
       tf.train.latest_checkpoint(FLAGS.train_logdir)).expect_partial()
-  return fold_batch_norm(model)
+  return inference_model(model)
 
 
 def _miou(labels, predictions, num_classes, ignore=255):

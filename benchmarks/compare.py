@@ -81,12 +81,11 @@ def candidates(phase):
             ("previous bf16", previous, dict(base, candidate="deeplab_tf",
                                              precision="mixed_bfloat16")),
             ("today bf16", ROOT, dict(base, candidate="deeplab_tf", precision="mixed_bfloat16"))]
-  if phase == "train":
-    result += [("today fp32 1x1 as conv", ROOT, dict(base, candidate="deeplab_tf",
-                                                    precision="float32", pointwise_as_matmul=False)),
-               ("today bf16 1x1 as conv", ROOT, dict(base, candidate="deeplab_tf",
-                                                    precision="mixed_bfloat16",
-                                                    pointwise_as_matmul=False))]
+  # The portable kernel policy (what exports run by default; plain Keras/TF arithmetic).
+  result += [("today fp32 portable", ROOT, dict(base, candidate="deeplab_tf", precision="float32",
+                                                kernel_policy="portable")),
+             ("today bf16 portable", ROOT, dict(base, candidate="deeplab_tf",
+                                                precision="mixed_bfloat16", kernel_policy="portable"))]
   if phase == "inference":
     result += [("previous fp32 eager", previous, dict(base, candidate="deeplab_tf_eager",
                                                       precision="float32")),
@@ -100,6 +99,12 @@ def candidates(phase):
                 dict(base, candidate="deeplab_tf_binaries", precision="float32")),
                ("today bf16 eval/vis/predict binaries", ROOT,
                 dict(base, candidate="deeplab_tf_binaries", precision="mixed_bfloat16")),
+               ("today fp32 export (portable)", ROOT,
+                dict(base, candidate="deeplab_tf_binaries", precision="float32",
+                     kernel_policy="portable")),
+               ("today bf16 export (portable)", ROOT,
+                dict(base, candidate="deeplab_tf_binaries", precision="mixed_bfloat16",
+                     kernel_policy="portable")),
                ("today fp32 BN folded", ROOT, dict(base, candidate="deeplab_tf_folded",
                                                    precision="float32")),
                ("today bf16 BN folded", ROOT, dict(base, candidate="deeplab_tf_folded",

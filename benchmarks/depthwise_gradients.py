@@ -6,7 +6,7 @@ For each input shape (the fixed-padded inputs of Xception-65's three stride-2 de
 at 513x513, batch 2), times in milliseconds, medians of `--calls` alternating calls:
 - the forward DepthwiseConv2dNative, the input gradient (DepthwiseConv2dNativeBackpropInput) and the
   kernel gradient (DepthwiseConv2dNativeBackpropFilter) in bfloat16 and in float32;
-- the bfloat16 input gradient as `deeplab_tf.model.layers.DepthwiseConv2D` computes it (the float32
+- the bfloat16 input gradient as `deeplab_tf.model.acceleration.convolutions.DepthwiseConv2D` computes it (the float32
   kernel between casts, `depthwise_conv2d_float32_input_gradient`).
 """
 
@@ -19,7 +19,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from deeplab_tf.model import layers  # pylint: disable=g-import-not-at-top
+from deeplab_tf.model.acceleration import convolutions as layers  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_integer("calls", 10, "Timed calls of each kernel.")
 FLAGS = flags.FLAGS
@@ -54,7 +54,7 @@ def _kernels(shape, dtype):
         y = layers.depthwise_conv2d_float32_input_gradient(x, k, STRIDES, "VALID")
       return tape.gradient(y, x, output_gradients=dy)
 
-    kernels["input gradient, layers.DepthwiseConv2D"] = (layer_input_gradient, (x, kernel, dy))
+    kernels["input gradient, acceleration DepthwiseConv2D"] = (layer_input_gradient, (x, kernel, dy))
   return kernels
 
 

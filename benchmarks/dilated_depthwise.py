@@ -6,13 +6,13 @@ For each dilated 3x3 depthwise convolution of Xception-65 DeepLabv3+ at 513x513 
 exit flow rate 2, ASPP rates 6, 12, 18 on 33x33; output stride 8: rate 4 and ASPP 12, 24, 36 on
 65x65), times in milliseconds, medians of `--calls` alternating calls, batch `--batch`:
 - "space-to-batch": `tf.nn.depthwise_conv2d(..., dilations=rate)`, as the original computes it;
-- "in place": DepthwiseConv2dNative with its `dilations` (`layers.dilated_depthwise_conv2d`: the
+- "in place": DepthwiseConv2dNative with its `dilations` (`acceleration.dilated_depthwise.dilated_depthwise_conv2d`: the
   whole rate where its span is at most `NATIVE_DILATED_DEPTHWISE_MAX_SPAN`, else split into a
-  space-to-batch block and an in-place rest, `layers.dilation_split`);
+  space-to-batch block and an in-place rest, `dilated_depthwise.dilation_split`);
 - "in place, whole rate": DepthwiseConv2dNative with the whole rate, whatever its span;
 - the same two with the input and kernel gradients as well (`--gradients`), which
-  `layers.dilated_depthwise_conv2d` takes from the space-to-batch form.
-The last column is the split `layers.depthwise_conv` picks: (space-to-batch block, in-place rate).
+  `dilated_depthwise_conv2d` takes from the space-to-batch form.
+The last column is the split `dilated_depthwise.depthwise_conv` picks: (space-to-batch block, in-place rate).
 """
 
 import os
@@ -24,7 +24,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from deeplab_tf.model import layers  # pylint: disable=g-import-not-at-top
+from deeplab_tf.model.acceleration import dilated_depthwise as layers  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_integer("calls", 20, "Timed calls of each variant.")
 flags.DEFINE_integer("batch", 1, "Batch.")

@@ -66,13 +66,16 @@ def graph_multiply_adds(graph) -> int:
 
 
 def real_channels(model):
-  """`model` without the zero channels Xception carries for speed (`layers.without_channel_padding`),
-  so that counts are of the architecture's multiply-adds; `model` itself for a deeplab_tf without
-  channel padding (a previous commit's) or another library's model."""
+  """`model` without the zero channels the CPU kernel policy carries for speed
+  (`without_channel_padding`), so that counts are of the architecture's multiply-adds; `model` itself
+  for a deeplab_tf without channel padding or another library's model."""
   try:
-    from deeplab_tf.model.layers import without_channel_padding  # pylint: disable=g-import-not-at-top
+    from deeplab_tf.model.acceleration import without_channel_padding  # pylint: disable=g-import-not-at-top
   except ImportError:
-    return model
+    try:  # The releases that built Xception padded.
+      from deeplab_tf.model.layers import without_channel_padding  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      return model
   return without_channel_padding(model) if hasattr(model, "layers") else model
 
 

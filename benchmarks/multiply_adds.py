@@ -28,7 +28,7 @@ def conv_multiply_adds(model: keras.Model) -> int:
   """Multiply-adds of every Conv2D / DepthwiseConv2D of a model built at a static input size.
 
   Output pixels times the kernel's size (`[kh, kw, in, out]`, depthwise `[kh, kw, channels, 1]`),
-  so the zero channels Xception carries for speed (`layers.Conv2D`) are not counted.
+  so the zero channels Xception carries for speed (`acceleration.channel_padding`) are not counted.
   """
   total = 0
   for layer in model.layers:

@@ -10,7 +10,9 @@ can interleave the versions. Protocol on stdin/stdout, one JSON object per line:
 Candidates (`--candidate`):
   deeplab_tf          DeepLabv3+ Xception-65, OS16, rates 6/12/18, decoder 4, 21 classes (ours).
   deeplab_tf_eager    the same model called eagerly (`model(x)`, what eval/vis ran before issue 8).
-  deeplab_tf_folded   the same with `fold_batch_norm` (inference only; skipped where it does not exist).
+  deeplab_tf_folded   the same with BatchNorms folded (inference only): `acceleration.inference_model`.
+Every deeplab_tf candidate runs under `args["kernel_policy"]` ('auto' unless given: 'portable' is
+what exports run by default).
   deeplab_tf_predict  the same through `evaluation.inference.predict_labels` (what eval, vis and the
                       demo run: eager network calls before issue 8, a cached compiled function after).
   keras_hub           keras-hub `DeepLabV3ImageSegmenter`: DeepLabv3+ on ResNet-50 (OS32 encoder,
@@ -54,6 +56,24 @@ def build_deeplab_tf(crop):
                                     decoder_output_stride=4)
   del crop
   return deeplab_tf.build_deeplab(options)
+
+
+def _with_kernel_policy(model, args):
+  """The model as the trainer (train), the eval/vis/predict binaries and exports (folded) or
+  compiled inference run it, under `args["kernel_policy"]` (default 'auto'); trees from before the
+  kernel policy (whose builder chose the kernels) through their own `fold_batch_norm`."""
+  folded = args["candidate"] in ("deeplab_tf_folded", "deeplab_tf_binaries")
+  try:
+    from deeplab_tf.model import acceleration  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    if not folded:
+      return model
+    from deeplab_tf.model.folding import fold_batch_norm  # pylint: disable=g-import-not-at-top
+    return fold_batch_norm(model)
+  policy = args.get("kernel_policy", "auto")
+  if folded:
+    return acceleration.inference_model(model, policy)
+  return acceleration.apply_kernel_policy(model, policy, training=args["mode"] == "train")
 
 
 def build_keras_hub(crop):
@@ -113,14 +133,9 @@ def model_runner(args):
     crop = crop - crop % 32
   builder = {"keras_hub": build_keras_hub, "tf_models": build_tf_models}.get(candidate,
                                                                              build_deeplab_tf)
-  if "pointwise_as_matmul" in args:
-    from deeplab_tf.model import layers  # pylint: disable=g-import-not-at-top
-    layers.POINTWISE_AS_MATMUL_IN_TRAINING = args["pointwise_as_matmul"]
   model = builder(crop)
-  if candidate in ("deeplab_tf_folded", "deeplab_tf_binaries"):
-    # The eval/vis/predict binaries' model (load_model_from_flags) and the export's.
-    from deeplab_tf.model.folding import fold_batch_norm  # pylint: disable=g-import-not-at-top
-    model = fold_batch_norm(model)
+  if candidate.startswith("deeplab_tf"):
+    model = _with_kernel_policy(model, args)
   rng = np.random.default_rng(0)
   images = tf.constant(rng.uniform(0, 255, (batch, crop, crop, 3)).astype(np.float32))
   spec = tf.TensorSpec(images.shape, tf.float32)
