@@ -24,8 +24,8 @@ from typing import Dict, List, Optional
 import numpy as np
 from absl import app, flags
 
-from datasets import build_data
-from datasets.build_data import ConversionReport
+from . import build_data
+from .build_data import ConversionReport
 from deeplab_tf.bin import entry
 from deeplab_tf.data import descriptors
 
