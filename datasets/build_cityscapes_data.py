@@ -7,7 +7,8 @@ research/deeplab `datasets/build_cityscapes_data.py`: images
 cityscapesscripts' `createTrainIdLabelImgs.py`; here a missing `_labelTrainIds.png` is made in memory
 from its `_gtFine_polygons.json` with the same package (`json2labelImg.createLabelImage`, "trainIds").
 
-  python datasets/build_cityscapes_data.py --cityscapes_root=/data/cityscapes --output_dir=tfrecord
+  deeplab_build_cityscapes_data --cityscapes_root=/data/cityscapes --output_dir=tfrecord
+  (from a checkout: python -m datasets.build_cityscapes_data ...; polygons need deeplab_tf[cityscapes])
 """
 
 from __future__ import annotations

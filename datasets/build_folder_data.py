@@ -15,7 +15,8 @@ left, right), so no tile straddles the boundary and no val pixel, image or label
 
 A descriptor `<output_dir>/<dataset_name>.json` is written for `deeplab_tf.data.descriptors.get_descriptor`.
 
-  python datasets/build_folder_data.py \
+  # installed (deeplab_build_folder_data) or, from a checkout, python -m datasets.build_folder_data
+  deeplab_build_folder_data \
     --pairs=datasets/samples/spacenet_roads/road_mask_input.tif:datasets/samples/spacenet_roads/sample_road_raster_mask.tif \
     --label_map=0:0,255:1 --class_names=background,road --tile_size=256 --tile_stride=256 \
     --val_region=0.75,0,1,1 --dataset_name=spacenet_roads --output_dir=/tmp/roads

@@ -26,7 +26,8 @@ SegmentationClassPNG/, class_names.txt, no split lists):
 A dataset descriptor `<output_dir>/<dataset_name>.json` (`deeplab_tf.data.descriptors`, as
 build_folder_data writes) records the classes, ignore label and split sizes for training and evaluation.
 
-  python -m datasets.build_voc2012_data \
+  # installed (deeplab_build_voc_data) or, from a checkout, python -m datasets.build_voc2012_data
+  deeplab_build_voc_data \
     --image_folder=VOCdevkit/VOC2012/JPEGImages \
     --semantic_segmentation_folder=VOCdevkit/VOC2012/SegmentationClass \
     --list_folder=VOCdevkit/VOC2012/ImageSets/Segmentation \
