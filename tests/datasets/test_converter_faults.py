@@ -2,7 +2,6 @@
 UTF-8, --skip_bad_inputs leaving nothing or empty shards. Each ends in one message naming the file or
 folder and what to do, with no temporary file left behind."""
 import os
-import socket
 import subprocess
 import sys
 import time
