@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install -c constraints.txt -e '.[test,crf]'
+	$(PY) -m pip install -c constraints.txt -e '.[test,crf]'  # test pulls the cityscapes, tfds and tflite extras
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -9,7 +9,8 @@ Labels are kept as the original keeps them: 151 classes with 0 ignored (`ignore_
 ignore_label 255 (the convention of later code bases); train and evaluate such shards with a custom
 descriptor `{"name": "ade20k_150", "num_classes": 150, "ignore_label": 255, "colormap": "custom"}`.
 
-  python datasets/build_ade20k_data.py \
+  # installed (deeplab_build_ade20k_data) or, from a checkout, python -m datasets.build_ade20k_data
+  deeplab_build_ade20k_data \
     --train_image_folder=ADEChallengeData2016/images/training \
     --train_image_label_folder=ADEChallengeData2016/annotations/training \
     --val_image_folder=ADEChallengeData2016/images/validation \
@@ -24,8 +25,8 @@ from typing import Dict, List, Optional
 import numpy as np
 from absl import app, flags
 
-from datasets import build_data
-from datasets.build_data import ConversionReport
+from . import build_data
+from .build_data import ConversionReport
 from deeplab_tf.bin import entry
 from deeplab_tf.data import descriptors
 

@@ -7,7 +7,8 @@ research/deeplab `datasets/build_cityscapes_data.py`: images
 cityscapesscripts' `createTrainIdLabelImgs.py`; here a missing `_labelTrainIds.png` is made in memory
 from its `_gtFine_polygons.json` with the same package (`json2labelImg.createLabelImage`, "trainIds").
 
-  python datasets/build_cityscapes_data.py --cityscapes_root=/data/cityscapes --output_dir=tfrecord
+  deeplab_build_cityscapes_data --cityscapes_root=/data/cityscapes --output_dir=tfrecord
+  (from a checkout: python -m datasets.build_cityscapes_data ...; polygons need deeplab_tf[cityscapes])
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from datasets import build_data
-from datasets.build_data import ConversionReport, InputError
+from . import build_data
+from .build_data import ConversionReport, InputError
 from deeplab_tf.bin import entry
 from deeplab_tf.data import descriptors, writer
+from deeplab_tf.errors import require_extra
 from deeplab_tf.io_utils import read_text
 
 FLAGS = flags.FLAGS
@@ -46,8 +48,10 @@ def read_train_ids(label_path: str) -> np.ndarray:
   if not tf.io.gfile.exists(polygons):
     raise InputError(f"Missing label file {label_path}, and no {os.path.basename(polygons)} to make it "
                      "from: download gtFine_trainvaltest.zip into --cityscapes_root.")
-  from cityscapesscripts.helpers.annotation import Annotation  # pylint: disable=g-import-not-at-top
-  from cityscapesscripts.preparation.json2labelImg import createLabelImage  # pylint: disable=g-import-not-at-top
+  what = f"Drawing {os.path.basename(label_path)} from {os.path.basename(polygons)}"
+  Annotation = require_extra("cityscapesscripts.helpers.annotation", "cityscapes", what).Annotation
+  createLabelImage = require_extra("cityscapesscripts.preparation.json2labelImg", "cityscapes",
+                                   what).createLabelImage
   try:
     annotation = Annotation()
     annotation.fromJsonText(read_text(polygons))  # fromJsonFile reads local files only.
@@ -84,7 +88,7 @@ def convert(*, cityscapes_root: str, output_dir: str, num_shards: int = 10,
   from_polygons = 0
   for split in splits:
     pattern = os.path.join(cityscapes_root, "leftImg8bit", split, "*", "*" + IMAGE_SUFFIX)
-    images = sorted(tf.io.gfile.glob(pattern))
+    images = sorted(build_data.glob(pattern, "--cityscapes_root"))
     if not images:
       raise InputError(f"No {pattern}: --cityscapes_root {cityscapes_root} must hold leftImg8bit/{split}/"
                        "<city>/*_leftImg8bit.png (unzip leftImg8bit_trainvaltest.zip there).")

@@ -7,7 +7,10 @@ and zlib release the GIL while decoding and compressing), shows a tqdm progress 
 atomically (`writer.write_split`), and returns a `ConversionReport` (examples per split, class pixel
 histogram, what was skipped and why). Bad input is refused: every problem of the split is listed in
 one `ConversionError` and no shard of that split is written - unless `skip_bad_inputs`, which skips and
-reports them. The binaries share flags through `define_common_flags` and `run_main`.
+reports them (a split with nothing left is refused). Temporary shards an interrupted run left in the
+output folder are removed first (`writer.remove_stale_temporaries`). The binaries share flags through
+`define_common_flags` and `run_main`, which prints a refusal as `<program>: error: ...` (exit 2), as every
+binary of `deeplab_tf.bin` does.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from tqdm import tqdm
 
 from deeplab_tf.data import writer
 from deeplab_tf.data.writer import EncodedExample, InputError
+from deeplab_tf.errors import UserError
 
 FLAGS = flags.FLAGS
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
   """Bad input was refused; the message lists every problem found, each naming its file and the fix."""
 
 
@@ -70,6 +74,7 @@ class ConversionReport:
   check_only: bool = False
   notes: List[str] = dataclasses.field(default_factory=list)
   descriptor_path: Optional[str] = None
+  class_names: Optional[Sequence[str]] = None  # when the converter knows them (for `format`)
 
   def format(self, class_names: Optional[Sequence[str]] = None) -> str:
     """A human-readable summary, one block per split."""
@@ -138,9 +143,12 @@ def convert_splits(splits: Mapping[str, Sequence[Item]], *, output_dir: str, num
   for split, items in splits.items():
     if not items:
       raise InputError(f"Split {split!r} has no example to convert; check its list file or folders.")
+  report = ConversionReport({}, check_only=check_only)
   if not check_only:
     writer.ensure_writable_dir(output_dir)
-  report = ConversionReport({}, check_only=check_only)
+    removed = writer.remove_stale_temporaries(output_dir)
+    if removed:
+      report.notes.append(f"removed {len(removed)} temporary file(s) an interrupted run left in {output_dir}")
   for split, items in splits.items():
     split_report = SplitReport(split)
     report.splits[split] = split_report
@@ -170,6 +178,9 @@ def convert_splits(splits: Mapping[str, Sequence[Item]], *, output_dir: str, num
     if check_only:
       for _ in records():
         pass
+      if not split_report.num_examples:
+        raise InputError(f"No example of split {split!r} is left: all {len(items)} input(s) were bad "
+                         "(listed above with --skip_bad_inputs). Fix the inputs.")
     else:
       split_report.shards = writer.write_split(records(), output_dir=output_dir, split=split,
                                                num_examples=len(items), num_shards=num_shards)
@@ -226,11 +237,39 @@ def list_images(folder: str, what: str, extensions: Sequence[str] = IMAGE_EXTENS
   """
   if not tf.io.gfile.isdir(folder):
     raise InputError(f"{what} {folder} is not a directory; check the flag that names it.")
-  files = sorted(os.path.join(folder, f) for f in tf.io.gfile.listdir(folder)
+  files = sorted(os.path.join(folder, f) for f in listdir(folder, what)
                  if os.path.splitext(f)[1].lower() in extensions)
   if not files:
     raise InputError(f"{what} {folder} holds no image ({', '.join(extensions)}); check the flag.")
   return files
+
+
+def _not_utf8(error: UnicodeDecodeError, where: str) -> InputError:
+  raw = error.object if isinstance(error.object, bytes) else bytes(error.object)
+  name = raw.decode("utf-8", "backslashreplace")
+  return InputError(f"{where} holds a file name that is not UTF-8: '{name}' (byte 0x{raw[error.start]:02x}); "
+                    "TensorFlow's file system reads UTF-8 names only. Rename it (e.g. convmv -f latin1 -t "
+                    "utf8 --notest) or move it out.")
+
+
+def listdir(folder: str, what: str = "Folder") -> List[str]:
+  """`tf.io.gfile.listdir(folder)`, with a file name that is not UTF-8 refused by name.
+
+  Raises:
+    InputError: naming the folder and the file (its bytes shown as `\\xe9`) and how to rename it.
+  """
+  try:
+    return tf.io.gfile.listdir(folder)
+  except UnicodeDecodeError as e:
+    raise _not_utf8(e, f"{what} {folder}") from e
+
+
+def glob(pattern: str, what: str = "The folder of") -> List[str]:
+  """`tf.io.gfile.glob(pattern)`, with a file name that is not UTF-8 refused by name (see `listdir`)."""
+  try:
+    return tf.io.gfile.glob(pattern)
+  except UnicodeDecodeError as e:
+    raise _not_utf8(e, f"{what} {pattern}") from e
 
 
 def stem(path: str) -> str:
@@ -258,15 +297,24 @@ def common_kwargs() -> dict:
 
 def run_main(convert: Callable[[], ConversionReport],
              class_names: Optional[Sequence[str]] = None) -> int:
-  """Runs a converter for a binary's `main`: prints the report, or the refusal on stderr.
+  """Runs a converter for a binary's `main` (under `deeplab_tf.bin.entry.run`): prints the report.
+
+  A refusal (`UserError`: `InputError`, `ConversionError`) ends the program as every binary's does: the
+  list of bad inputs, if several, on stderr, then one line `<program>: error: <what and the fix>`, exit
+  status 2 (`entry.run`).
 
   Returns:
-    0 on success, 1 when input was refused (the process exit status).
+    0 (the process exit status) on success.
+
+  Raises:
+    UserError: the one-line refusal, for `entry.run` to print.
   """
   try:
     report = convert()
-  except (InputError, ConversionError, ValueError) as e:
-    print(f"ERROR: {e}", file=sys.stderr)
-    return 1
-  print(report.format(class_names))
+  except ConversionError as e:
+    first, *rest = str(e).splitlines()
+    if rest:
+      print("\n".join(rest), file=sys.stderr, flush=True)
+    raise UserError(first.rstrip(":") + (" (listed above)." if rest else "")) from e
+  print(report.format(report.class_names or class_names))
   return 0

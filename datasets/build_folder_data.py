@@ -15,7 +15,8 @@ left, right), so no tile straddles the boundary and no val pixel, image or label
 
 A descriptor `<output_dir>/<dataset_name>.json` is written for `deeplab_tf.data.descriptors.get_descriptor`.
 
-  python datasets/build_folder_data.py \
+  # installed (deeplab_build_folder_data) or, from a checkout, python -m datasets.build_folder_data
+  deeplab_build_folder_data \
     --pairs=datasets/samples/spacenet_roads/road_mask_input.tif:datasets/samples/spacenet_roads/sample_road_raster_mask.tif \
     --label_map=0:0,255:1 --class_names=background,road --tile_size=256 --tile_stride=256 \
     --val_region=0.75,0,1,1 --dataset_name=spacenet_roads --output_dir=/tmp/roads
@@ -32,8 +33,8 @@ import tensorflow as tf
 from absl import app, flags
 from PIL import Image
 
-from datasets import build_data
-from datasets.build_data import ConversionReport, InputError
+from . import build_data
+from .build_data import ConversionReport, InputError
 from deeplab_tf.bin import entry
 from deeplab_tf.data import descriptors, writer
 
@@ -69,15 +70,15 @@ def region_box(val_region: Sequence[float], height: int, width: int) -> Box:
   """Pixel box of a fractional region (x0, y0, x1, y1).
 
   Raises:
-    ValueError: if the fractions are not 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1 or the box is empty.
+    InputError: (a ValueError) if the fractions are not 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1 or the box is empty.
   """
   fx0, fy0, fx1, fy1 = val_region
   if not (0 <= fx0 < fx1 <= 1 and 0 <= fy0 < fy1 <= 1):
-    raise ValueError(f"--val_region {','.join(map(str, val_region))} must be x0,y0,x1,y1 fractions of the "
+    raise InputError(f"--val_region {','.join(map(str, val_region))} must be x0,y0,x1,y1 fractions of the "
                      "image with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, e.g. 0.75,0,1,1.")
   box = (round(fy0 * height), round(fx0 * width), round(fy1 * height), round(fx1 * width))
   if box[2] <= box[0] or box[3] <= box[1]:
-    raise ValueError(f"--val_region {val_region} is less than a pixel of a {width}x{height} image.")
+    raise InputError(f"--val_region {val_region} is less than a pixel of a {width}x{height} image.")
   return box
 
 
@@ -109,7 +110,7 @@ def _label_transform(label_map: Optional[Mapping[int, int]], binarize: bool):
 def _match_pairs(image_folder: str, label_folder: str, label_suffix: str) -> List[Tuple[str, str]]:
   labels = {}
   if tf.io.gfile.isdir(label_folder):
-    for f in tf.io.gfile.listdir(label_folder):
+    for f in build_data.listdir(label_folder, "--label_folder"):
       labels.setdefault(os.path.splitext(f)[0], os.path.join(label_folder, f))
   pairs = []
   for image in build_data.list_images(image_folder, "--image_folder"):
@@ -129,7 +130,7 @@ def _parse_size(value: Union[None, int, str, Sequence[int]]) -> Optional[Tuple[i
   else:
     sizes = tuple(int(v) for v in value)
   if len(sizes) != 2 or min(sizes) < 1:
-    raise ValueError(f"Tile size/stride {value!r} must be N or HxW with positive integers.")
+    raise InputError(f"Tile size/stride {value!r} must be N or HxW with positive integers.")
   return sizes
 
 
@@ -172,18 +173,18 @@ def convert(*, output_dir: str, image_folder: Optional[str] = None, label_folder
     `ConversionReport` (its `descriptor_path` names the descriptor written).
 
   Raises:
-    ValueError: on inconsistent arguments (named, with the fix).
+    InputError: (a ValueError) on inconsistent arguments (named, with the fix).
     InputError: if no input is found, or output_dir is not writable.
     ConversionError: if an input was bad.
   """
   if (pairs is None) == (image_folder is None):
-    raise ValueError("Give either --pairs or --image_folder (with --label_folder), not both or neither.")
+    raise InputError("Give either --pairs or --image_folder (with --label_folder), not both or neither.")
   if image_folder is not None and not label_folder:
-    raise ValueError("--image_folder needs --label_folder (masks matched by stem).")
+    raise InputError("--image_folder needs --label_folder (masks matched by stem).")
   if binarize_labels and label_map:
-    raise ValueError("--binarize_labels and --label_map exclude each other; give one.")
+    raise InputError("--binarize_labels and --label_map exclude each other; give one.")
   if not 0 <= ignore_label <= 255:
-    raise ValueError(f"--ignore_label {ignore_label} must be in [0, 255] (labels are 8-bit PNG).")
+    raise InputError(f"--ignore_label {ignore_label} must be in [0, 255] (labels are 8-bit PNG).")
   if isinstance(label_map, str):
     label_map = writer.parse_label_map(label_map)
   if num_classes is None:
@@ -192,16 +193,16 @@ def convert(*, output_dir: str, image_folder: Optional[str] = None, label_folder
     elif label_map:
       num_classes = 1 + max(v for v in label_map.values() if v != ignore_label)
     else:
-      raise ValueError("--num_classes is required when masks hold class ids directly (no --label_map "
+      raise InputError("--num_classes is required when masks hold class ids directly (no --label_map "
                        "or --binarize_labels).")
   tile_size, tile_stride = _parse_size(tile_size), _parse_size(tile_stride)
   if tile_stride is not None and tile_size is None:
-    raise ValueError("--tile_stride needs --tile_size.")
+    raise InputError("--tile_stride needs --tile_size.")
   if val_region is not None:
     val_region = tuple(float(v) for v in val_region)
     region_box(val_region, 100, 100)  # validates the fractions before any file is read
     if len(val_region) != 4:
-      raise ValueError(f"--val_region {val_region} must have 4 numbers x0,y0,x1,y1.")
+      raise InputError(f"--val_region {val_region} must have 4 numbers x0,y0,x1,y1.")
   if pairs is None:
     pairs = _match_pairs(image_folder, label_folder, label_suffix)
   if not pairs:
@@ -286,7 +287,7 @@ def _parse_pairs(values: Sequence[str]) -> List[Tuple[str, str]]:
   for value in values:
     image, sep, label = value.rpartition(":")
     if not sep or not image or not label:
-      raise ValueError(f"--pairs entry {value!r} is not image_path:mask_path.")
+      raise InputError(f"--pairs entry {value!r} is not image_path:mask_path.")
     pairs.append((image, label))
   return pairs
 

@@ -13,11 +13,15 @@ variable otherwise. Writes `<output_dir>/model.keras`, `<output_dir>/saved_model
 
 from __future__ import annotations
 
+import tarfile
+import zlib
+
 from absl import app, flags
 
 from deeplab_tf.bin import entry
 from deeplab_tf.bin import model_flags
 from deeplab_tf.checkpoints import convert_tf1_checkpoint
+from deeplab_tf.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -32,11 +36,18 @@ def main(argv):
     raise app.UsageError("--checkpoint_path is required: the TF1 checkpoint (prefix, folder or .tar.gz).")
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required: where model.keras and saved_model/ go.")
-  result = convert_tf1_checkpoint(
-      FLAGS.checkpoint_path, model_flags.model_options_from_flags(), FLAGS.output_dir,
-      initialize_last_layer=FLAGS.initialize_last_layer,
-      last_layers_contain_logits_only=FLAGS.last_layers_contain_logits_only,
-      overwrite=FLAGS.overwrite)
+  try:
+    result = convert_tf1_checkpoint(
+        FLAGS.checkpoint_path, model_flags.model_options_from_flags(), FLAGS.output_dir,
+        initialize_last_layer=FLAGS.initialize_last_layer,
+        last_layers_contain_logits_only=FLAGS.last_layers_contain_logits_only,
+        overwrite=FLAGS.overwrite)
+  except (tarfile.TarError, EOFError, zlib.error) as e:
+    # A truncated download ends the gzip stream early (EOFError); another file is no tar at all.
+    raise UserError(f"--checkpoint_path {FLAGS.checkpoint_path} is not a readable model-zoo archive "
+                    f"({type(e).__name__}: {e}): it is truncated or not a .tar.gz; download it again.") from e
+  except (FileNotFoundError, FileExistsError) as e:  # checkpoints.py names the path and the fix
+    raise UserError(str(e)) from e
   print(f"{result.report.checkpoint}: assigned {result.report.assigned} weights, skipped "
         f"{len(result.report.skipped_model)} model weights and {len(result.report.skipped_checkpoint)} "
         "checkpoint variables")

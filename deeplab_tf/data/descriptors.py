@@ -19,7 +19,6 @@ from typing import Dict, Tuple
 
 import numpy as np
 import tensorflow as tf
-from cityscapesscripts.helpers import labels as cityscapes_labels
 
 from deeplab_tf.data import colormaps
 from deeplab_tf.io_utils import atomic_write_text, read_text
@@ -56,16 +55,16 @@ PASCAL_VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor")
 
-# Cityscapes' 19 evaluated classes in train-id order, from the benchmark's own label table.
-CITYSCAPES_CLASSES = tuple(
-    label.name for label in sorted(cityscapes_labels.labels, key=lambda l: l.trainId)
-    if 0 <= label.trainId < 255)
+# Cityscapes' 19 evaluated classes in train-id order, as the benchmark's own label table
+# (cityscapesscripts/helpers/labels.py; tests/data/test_descriptors_cityscapes.py compares them, so the
+# core install needs no cityscapesscripts).
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 
 # Cityscapes' label id of each train id 0..18, from the same table (research/deeplab vis.py
-# `_CITYSCAPES_TRAIN_ID_TO_EVAL_ID`: 7, 8, 11, ..., 33): the benchmark server scores label ids.
-CITYSCAPES_TRAIN_ID_TO_LABEL_ID = tuple(
-    label.id for label in sorted(cityscapes_labels.labels, key=lambda l: l.trainId)
-    if 0 <= label.trainId < 255)
+# `_CITYSCAPES_TRAIN_ID_TO_EVAL_ID`): the benchmark server scores label ids.
+CITYSCAPES_TRAIN_ID_TO_LABEL_ID = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 
 
 def cityscapes_train_ids_to_label_ids(train_ids):

@@ -27,11 +27,10 @@ TFDS_KEYS = {
 
 
 def _cityscapes_id_to_train_id() -> tf.Tensor:
-  from cityscapesscripts.helpers import labels as cs_labels  # pylint: disable=g-import-not-at-top
-  table = [255] * 256
-  for label in cs_labels.labels:
-    if 0 <= label.id < 256:
-      table[label.id] = label.trainId if 0 <= label.trainId < 255 else 255
+  from deeplab_tf.data import descriptors  # pylint: disable=g-import-not-at-top
+  table = [255] * 256  # every label id that is not one of the 19 evaluated classes is ignored
+  for train_id, label_id in enumerate(descriptors.CITYSCAPES_TRAIN_ID_TO_LABEL_ID):
+    table[label_id] = train_id
   return tf.constant(table, tf.int32)
 
 
@@ -75,7 +74,8 @@ def _records(file_pattern, input_context, shuffle: bool, seed) -> tf.data.Datase
 
 def _tfds_examples(tfds_name: str, tfds_split: str, tfds_data_dir: Optional[str],
                    tfds_keys: Optional[Tuple[str, str]], input_context, shuffle: bool) -> tf.data.Dataset:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from deeplab_tf.errors import require_extra  # pylint: disable=g-import-not-at-top
+  tfds = require_extra("tensorflow_datasets", "tfds", f"Reading tensorflow-datasets {tfds_name!r}")
   base_name = tfds_name.split("/")[0].split(":")[0]
   image_key, label_key = tfds_keys or TFDS_KEYS.get(base_name, ("image", "segmentation_mask"))
   read_config = tfds.ReadConfig(input_context=input_context, add_tfds_id=True,

@@ -14,11 +14,14 @@ inputs and outputs may be on any filesystem TensorFlow knows (local, `gs://`, ..
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import math
 import os
 import re
+import socket
+import time
 import uuid
 from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -27,14 +30,22 @@ import tensorflow as tf
 from PIL import Image
 
 from deeplab_tf.data import features
+from deeplab_tf.errors import UserError
 
 # Image formats whose bytes are stored as they are (when the image is 8-bit RGB); anything else is
 # converted to 8-bit RGB and stored as PNG, losslessly.
 _KEPT_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
 _TMP_PREFIX = ".tmp-"
+# Temporary files of another process (or of one whose liveness cannot be checked: another host, an older
+# name) are removed by the next run once this old; a dead process's on this host at once.
+STALE_TEMPORARY_SECONDS = 3600
+# Temporary shard names: .tmp-<pid>@<host>-<token>-<shard name>.
+_TMP_NAME = re.compile(r"^\.tmp-(?:(?P<pid>\d+)@(?P<host>[^-]*)-)?")
+# io_utils.atomic_output's temporary names: .<name>.<12 hex>.tmp
+_ATOMIC_TMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 
 
-class InputError(ValueError):
+class InputError(UserError):
   """An input file (or list, or directory) that cannot be converted; the message names it and the fix."""
 
 
@@ -313,13 +324,72 @@ def ensure_writable_dir(output_dir: str) -> None:
   """
   try:
     tf.io.gfile.makedirs(output_dir)
-    probe = os.path.join(output_dir, f"{_TMP_PREFIX}probe-{uuid.uuid4().hex}")
+    probe = os.path.join(output_dir, f"{_temporary_prefix()}probe-{uuid.uuid4().hex}")
     with tf.io.gfile.GFile(probe, "wb") as f:
       f.write(b"probe")  # GFile creates the file on the first write, not on open.
     tf.io.gfile.remove(probe)
   except tf.errors.OpError as e:
     raise InputError(f"Output directory {output_dir} is not writable ({e.message}). Choose another "
                      "--output_dir or fix its permissions.") from e
+
+
+def _temporary_prefix() -> str:
+  host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+  return f"{_TMP_PREFIX}{os.getpid()}@{host}-"
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, another user's
+    return True
+  except OSError:
+    return True
+  return True
+
+
+def remove_stale_temporaries(output_dir: str, max_age_seconds: float = STALE_TEMPORARY_SECONDS,
+                             now: Optional[float] = None) -> List[str]:
+  """Removes the temporary files an interrupted converter (killed, or out of disk) left in `output_dir`.
+
+  A `.tmp-*` shard (or `.<name>.<hex>.tmp` file of `io_utils.atomic_output`) is stale when the process
+  named in it ran on this host and is gone, or when it was last modified more than `max_age_seconds`
+  ago (a process on another host, or an older name without pid). A live process's recent files are
+  kept, so two converters may share an output folder.
+
+  Args:
+    output_dir: the folder (any `tf.io.gfile` filesystem); nothing happens if it does not exist.
+    max_age_seconds: the age beyond which any temporary file is stale.
+    now: the current time, seconds since the epoch (default `time.time()`).
+
+  Returns:
+    The paths removed.
+  """
+  if not tf.io.gfile.isdir(output_dir):
+    return []
+  now = time.time() if now is None else now
+  this_host = _temporary_prefix().split("@", 1)[1][:-1]
+  removed = []
+  for name in tf.io.gfile.listdir(output_dir):
+    match = _TMP_NAME.match(name)
+    if not match and not _ATOMIC_TMP_NAME.match(name):
+      continue
+    path = os.path.join(output_dir, name)
+    try:
+      if match and match.group("pid") and match.group("host") == this_host:
+        pid = int(match.group("pid"))
+        stale = not _process_alive(pid) or (pid != os.getpid() and
+                                            now - tf.io.gfile.stat(path).mtime_nsec / 1e9 > 24 * 3600)
+      else:
+        stale = now - tf.io.gfile.stat(path).mtime_nsec / 1e9 > max_age_seconds
+      if stale:
+        tf.io.gfile.remove(path)
+        removed.append(path)
+    except tf.errors.NotFoundError:  # removed meanwhile by its own process
+      continue
+  return removed
 
 
 def _remove_stale_shards(output_dir: str, split: str, keep: Sequence[str]) -> None:
@@ -335,11 +405,14 @@ def write_split(records: Iterable[bytes], *, output_dir: str, split: str, num_ex
   """Writes serialised records into `num_shards` TFRecord shards of one split, atomically.
 
   Records are assigned to shards in order, `ceil(num_examples / num_shards)` per shard, as the original
-  (`build_voc2012_data.py`). The number of shards is capped at `num_examples` so no shard is empty. All
-  shards are written under hidden temporary names and renamed when the last record is written; on any
-  exception (including KeyboardInterrupt) the temporary files are deleted and no shard of this run
-  exists. Shards of the same split left by an earlier run with another shard count are removed after a
-  successful write, so `{split}-*` matches this run's shards only.
+  (`build_voc2012_data.py`). The number of shards is capped at `num_examples`, and when fewer records
+  come than announced (skipped inputs) the shards left empty are dropped and the others renamed
+  `-of-<the shards written>`, so no shard is empty. All shards are written under hidden temporary names
+  (`.tmp-<pid>@<host>-...`) and renamed when the last record is written; on any exception (including
+  KeyboardInterrupt, and a full disk whose `close()` fails again) the temporary files are deleted and no
+  shard of this run exists; a run that was killed leaves them for the next run's
+  `remove_stale_temporaries`. Shards of the same split left by an earlier run with another shard count
+  are removed after a successful write, so `{split}-*` matches this run's shards only.
 
   Args:
     records: serialised `tf.train.Example`s; fewer than `num_examples` is allowed (skipped inputs).
@@ -353,16 +426,16 @@ def write_split(records: Iterable[bytes], *, output_dir: str, split: str, num_ex
 
   Raises:
     ValueError: if num_shards < 1.
-    InputError: if output_dir is not writable, or no record was given.
+    InputError: if output_dir is not writable or a write fails (e.g. the disk is full), or no record
+      was given.
   """
   if num_shards < 1:
     raise ValueError(f"num_shards is {num_shards}; it must be at least 1.")
   ensure_writable_dir(output_dir)
   num_shards = max(1, min(num_shards, num_examples))
   per_shard = max(1, math.ceil(num_examples / num_shards))
-  token = uuid.uuid4().hex[:8]
-  finals = [shard_path(output_dir, split, i, num_shards) for i in range(num_shards)]
-  temps = [os.path.join(output_dir, f"{_TMP_PREFIX}{token}-{os.path.basename(p)}") for p in finals]
+  prefix = f"{_temporary_prefix()}{uuid.uuid4().hex[:8]}-"
+  temps = [os.path.join(output_dir, f"{prefix}{split}-{i:05d}.tfrecord") for i in range(num_shards)]
   writers: List[Optional[tf.io.TFRecordWriter]] = [None] * num_shards
   count = 0
   try:
@@ -375,19 +448,25 @@ def write_split(records: Iterable[bytes], *, output_dir: str, split: str, num_ex
     if count == 0:
       raise InputError(f"No example was written for split {split!r}: every input was skipped or the "
                        "split is empty. Fix the inputs the report lists.")
-    for i in range(num_shards):
-      if writers[i] is None:
-        writers[i] = tf.io.TFRecordWriter(temps[i])
+    written = [i for i in range(num_shards) if writers[i] is not None]
+    for i in written:
       writers[i].close()
-    for temp, final in zip(temps, finals):
-      tf.io.gfile.rename(temp, final, overwrite=True)
-  except BaseException:
+    finals = [shard_path(output_dir, split, j, len(written)) for j in range(len(written))]
+    for i, final in zip(written, finals):
+      tf.io.gfile.rename(temps[i], final, overwrite=True)
+  except BaseException as e:
+    # Clean-up must not depend on close() succeeding: on a full disk it raises again.
     for w in writers:
       if w is not None:
-        w.close()
+        with contextlib.suppress(Exception):
+          w.close()
     for temp in temps:
-      if tf.io.gfile.exists(temp):
-        tf.io.gfile.remove(temp)
+      with contextlib.suppress(Exception):
+        if tf.io.gfile.exists(temp):
+          tf.io.gfile.remove(temp)
+    if isinstance(e, tf.errors.OpError):
+      raise InputError(f"Writing split {split!r} to {output_dir} failed ({e.message.strip()}); no shard "
+                       "of it was kept. Free space or choose another --output_dir.") from e
     raise
   _remove_stale_shards(output_dir, split, finals)
   return finals
@@ -407,18 +486,18 @@ def parse_label_map(spec: str) -> Mapping[int, int]:
   """Parses `"0:0,255:1"` into {0: 0, 255: 1}.
 
   Raises:
-    ValueError: naming the spec and the bad entry.
+    InputError: (a ValueError) naming the spec and the bad entry.
   """
   mapping = {}
   for entry in filter(None, (e.strip() for e in spec.split(","))):
     try:
       src, dst = (int(v) for v in entry.split(":"))
     except ValueError as e:
-      raise ValueError(f"Label map entry {entry!r} of {spec!r} is not 'value:class_id' with integers, "
+      raise InputError(f"Label map entry {entry!r} of {spec!r} is not 'value:class_id' with integers, "
                        "e.g. --label_map=0:0,255:1.") from e
     mapping[src] = dst
   if not mapping:
-    raise ValueError(f"Label map {spec!r} is empty; give 'value:class_id' pairs, e.g. 0:0,255:1.")
+    raise InputError(f"Label map {spec!r} is empty; give 'value:class_id' pairs, e.g. 0:0,255:1.")
   return mapping
 
 

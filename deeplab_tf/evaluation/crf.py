@@ -61,13 +61,9 @@ class CrfOptions(_JsonOptions):
 
 
 def _densecrf_module():
-  try:
-    import pydensecrf.densecrf as densecrf  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("The dense CRF needs the optional package pydensecrf2: pip install "
-                      "'deeplab_tf[crf]' (or pip install pydensecrf2, which builds from source and "
-                      "needs a C++ compiler).") from e
-  return densecrf
+  from deeplab_tf.errors import require_extra  # pylint: disable=import-outside-toplevel
+  # pydensecrf2 builds from source: it needs a C++ compiler.
+  return require_extra("pydensecrf.densecrf", "crf", "The dense CRF (--crf_iterations)")
 
 
 def dense_crf(image, probabilities, options: CrfOptions = CrfOptions()) -> np.ndarray:
@@ -87,7 +83,7 @@ def dense_crf(image, probabilities, options: CrfOptions = CrfOptions()) -> np.nd
   Raises:
     ValueError: shapes that are not `[h, w, 3]` and `[h, w, c]` of the same h, w, or fewer than two
       classes, or image values outside [0, 255].
-    ImportError: pydensecrf2 is not installed.
+    MissingExtraError: (an ImportError) pydensecrf2 is not installed (the `crf` extra).
   """
   image = np.asarray(image)
   probabilities = np.asarray(probabilities, dtype=np.float32)

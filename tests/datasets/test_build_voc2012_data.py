@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import VOC, VOC_NAMES, save, voc_crop
 from datasets import build_voc2012_data
 from datasets.build_data import ConversionError, InputError
-from deeplab_tf.data import pipeline, writer
+from deeplab_tf.data import colormaps, descriptors, pipeline, writer
 from ram_fs import copy_to_ram
 
 
@@ -97,8 +97,11 @@ def test_binary_exits_non_zero_on_refused_input(tmp_path):
       [sys.executable, "-m", "datasets.build_voc2012_data", "--check_only", "--num_workers=1",
        f"--output_dir={tmp_path / 'out'}"] + [f"--{k}={v}" for k, v in kwargs.items()],
       capture_output=True, text=True, check=False, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-  assert result.returncode == 1
+  assert result.returncode == 2  # entry.run's status for a user's mistake
   assert "Missing label file" in result.stderr and "2011_000025.png" in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("build_voc2012_data.py: error: Refused 1 bad input(s) in split 'val'"), last
+  assert "Traceback" not in result.stderr
   assert not os.path.exists(tmp_path / "out" / "val-00000-of-00001.tfrecord")
 
 
@@ -116,10 +119,66 @@ def test_voc_with_sbd_from_and_to_the_ram_filesystem(tmp_path, monkeypatch):
   report = build_voc2012_data.convert(**ram_kwargs, sbd_folder=ram + "/benchmark_RELEASE/dataset",
                                       output_dir=ram + "/out", num_shards=1, num_workers=1, progress=False)
   assert {s: r.num_examples for s, r in report.splits.items()} == {"train": 1, "train_aug": 2, "val": 1}
-  assert sorted(tf.io.gfile.listdir(ram + "/out")) == [
+  assert sorted(tf.io.gfile.listdir(ram + "/out")) == ["pascal_voc_seg.json"] + [
       f"{s}-00000-of-00001.tfrecord" for s in ("train", "train_aug", "val")]
   ds = pipeline.build_dataset(ram + "/out/train_aug-*", is_training=False, crop_size=None, batch_size=1,
                               ignore_label=255)
   labels = {b["image_name"].numpy()[0]: b["label"][0, ..., 0].numpy() for b in ds}
   np.testing.assert_array_equal(labels[b"2011_000006"], label)  # read from the SBD .mat on ram://
   assert sorted(os.listdir(tmp_path)) == before  # Nothing written locally.
+
+
+def _labelme_export(tmp_path, names=("a", "b", "c", "d", "e")):
+  """A labelme2voc export: JPEGImages/, SegmentationClass/*.npy, SegmentationClassPNG/ (palette PNGs of
+  class ids 0..2, 255 = __ignore__), class_names.txt; no split list."""
+  root = tmp_path / "export"
+  labels = {}
+  for i, name in enumerate(names):
+    image, voc_label = voc_crop(VOC_NAMES[i % len(VOC_NAMES)])
+    label = np.where(voc_label == 255, 255, (voc_label > 0) * (1 + i % 2)).astype(np.uint8)
+    label[:4, :4] = 2
+    save(str(root / "JPEGImages" / f"{name}.jpg"), image)
+    pil = Image.fromarray(label, "P")
+    pil.putpalette(colormaps.get_colormap("pascal").ravel().tolist())
+    (root / "SegmentationClassPNG").mkdir(parents=True, exist_ok=True)
+    pil.save(str(root / "SegmentationClassPNG" / f"{name}.png"))
+    (root / "SegmentationClass").mkdir(exist_ok=True)
+    np.save(str(root / "SegmentationClass" / f"{name}.npy"), label.astype(np.int32))
+    labels[name] = label
+  (root / "class_names.txt").write_text("_background_\ncat\ndog")  # labelme writes no final newline
+  return root, labels
+
+
+def test_labelme_export_converts_with_its_classes_made_splits_and_a_descriptor(tmp_path):
+  root, labels = _labelme_export(tmp_path)
+  out = tmp_path / "out"
+  # The original's defaults for the label and list folders: SegmentationClass holds labelme's .npy.
+  report = build_voc2012_data.convert(
+      image_folder=str(root / "JPEGImages"), semantic_segmentation_folder=str(root / "SegmentationClass"),
+      list_folder=str(root / "ImageSets" / "Segmentation"), output_dir=str(out), val_fraction=0.4,
+      split_seed=3, num_shards=2, num_workers=1, progress=False)
+  train = (out / "train.txt").read_text().split()
+  val = (out / "val.txt").read_text().split()
+  assert (len(train), len(val)) == (3, 2) and sorted(train + val) == sorted(labels)
+  assert build_voc2012_data.make_split_lists(sorted(labels), 0.4, 3) == {"train": train, "val": val}
+  descriptor = descriptors.get_descriptor(report.descriptor_path)
+  assert report.descriptor_path == str(out / "export.json")
+  assert (descriptor.num_classes, descriptor.ignore_label, descriptor.class_names, descriptor.splits_to_sizes) == (
+      3, 255, ("_background_", "cat", "dog"), {"train": 3, "val": 2})
+  for split, names in (("train", train), ("val", val)):
+    ds = pipeline.build_dataset(str(out / f"{split}-*"), is_training=False, crop_size=None, batch_size=1,
+                                ignore_label=255)
+    got = {b["image_name"].numpy()[0].decode(): b["label"][0, ..., 0].numpy() for b in ds}
+    assert sorted(got) == sorted(names)
+    for name in names:
+      np.testing.assert_array_equal(got[name], labels[name])
+
+
+def test_labelme_class_names_set_the_class_count(tmp_path):
+  root, _ = _labelme_export(tmp_path, ("a", "b"))
+  (root / "class_names.txt").write_text("__ignore__\n_background_\ncat\n")  # labelme's labels.txt form
+  assert build_voc2012_data.read_class_names(str(root / "class_names.txt")) == ("_background_", "cat")
+  with pytest.raises(ConversionError, match=r"value\(s\) \[2\] that are neither a class id in \[0, 2\)"):
+    build_voc2012_data.convert(image_folder=str(root / "JPEGImages"),
+                               semantic_segmentation_folder=str(root / "SegmentationClassPNG"), list_folder=None,
+                               output_dir=str(tmp_path / "out"), check_only=True, num_workers=1, progress=False)
