@@ -17,7 +17,9 @@ chart is drawn) as figures (`plot_confusion_matrix`, `plot_class_iou`, for noteb
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import os
+import re
+from typing import Optional, Sequence, Set, Union
 
 import numpy as np
 import tensorflow as tf
@@ -53,6 +55,34 @@ def _as_label(label, what: str = "label") -> np.ndarray:
     raise ValueError(f"{what} must be an integer [height, width] map of class ids, got shape "
                      f"{label.shape} and dtype {label.dtype}.")
   return label
+
+
+def picture_stem(image_name: Union[str, bytes], index: int, used: Set[str]) -> str:
+  """The file-name stem of an image's pictures: its name without folder and extension.
+
+  research/deeplab's vis.py numbers its files (`000000_image.png`); ours are named after the image
+  (the TFRecord's `image/filename`, e.g. `2007_000033`), with the index as a prefix only where it is
+  needed: `{index:06d}_{stem}` when the stem is already in `used` (two images of one name), and
+  `{index:06d}` when the image has no name.
+
+  Args:
+    image_name: the image's file name or path (str or UTF-8 bytes).
+    index: the image's position in the split, from 0.
+    used: the stems given so far in this run; the one returned is added to it.
+
+  Returns:
+    A stem of letters, digits, `_`, `-` and `.` only.
+  """
+  if isinstance(image_name, bytes):
+    image_name = image_name.decode("utf-8", errors="replace")
+  stem = os.path.splitext(str(image_name).replace("\\", "/").rsplit("/", 1)[-1])[0]
+  stem = re.sub(r"[^\w.\-]+", "_", stem).strip(".")
+  if not stem:
+    stem = f"{index:06d}"
+  elif stem in used:
+    stem = f"{index:06d}_{stem}"
+  used.add(stem)
+  return stem
 
 
 def _atomic_save(picture: Image.Image, path: str) -> str:
