@@ -73,29 +73,13 @@ def visualise_checkpoint(checkpoint: str, descriptor, eval_options, colormap: st
       mean_pixel=model_mean_pixel(model), **resize)
   results_dir = os.path.join(FLAGS.vis_logdir, "segmentation_results")
   raw_dir = os.path.join(FLAGS.vis_logdir, "raw_segmentation_results")
+  resized = resize["min_resize_value"] or resize["max_resize_value"]
   limit = FLAGS.max_number_of_images if FLAGS.max_number_of_images > 0 else None
   total = descriptor.splits_to_sizes.get(FLAGS.vis_split)
   total = min(total or limit, limit) if limit else total
   progress = tqdm(total=total, desc=f"vis {os.path.basename(checkpoint)}", unit="image")
-  try:
-    _write_pictures(dataset, model, descriptor, eval_options, colormap, resize, crf_options, results_dir,
-                    raw_dir, limit, progress)
-  except tf.errors.InvalidArgumentError as e:
-    user_error = crop_size_error(e, eval_options.eval_crop_size, "vis_crop_size")
-    if user_error is None:
-      raise
-    raise user_error from None
-  finally:
-    progress.close()
-  return results_dir
-
-
-def _write_pictures(dataset, model, descriptor, eval_options, colormap, resize, crf_options, results_dir,
-                    raw_dir, limit, progress):
-  """The loop of `visualise_checkpoint` over the batches of `dataset`."""
-  resized = resize["min_resize_value"] or resize["max_resize_value"]
-  names = descriptor.class_names
   index, used = 0, set()
+  names = descriptor.class_names
   for batch in dataset:
     if crf_options is None:
       predictions = predict_labels(model, batch["image"], eval_options)
@@ -136,6 +120,8 @@ def _write_pictures(dataset, model, descriptor, eval_options, colormap, resize, 
       progress.update(1)
     if limit is not None and index >= limit:
       break
+  progress.close()
+  return results_dir
 
 
 def main(argv):
@@ -154,7 +140,14 @@ def main(argv):
   crf_options = eval_common.crf_options_from_flags()
   announce_waiting("deeplab_vis", "max_number_of_iterations", FLAGS.max_number_of_iterations, "visualise")
   for checkpoint in eval_common.iterate_checkpoints(FLAGS.max_number_of_iterations):
-    print(f"wrote {visualise_checkpoint(checkpoint, descriptor, eval_options, colormap, resize, crf_options)}")
+    try:
+      written = visualise_checkpoint(checkpoint, descriptor, eval_options, colormap, resize, crf_options)
+    except tf.errors.InvalidArgumentError as e:
+      user_error = crop_size_error(e, eval_options.eval_crop_size, "vis_crop_size")
+      if user_error is None:
+        raise
+      raise user_error from None
+    print(f"wrote {written}")
 
 
 def run():
