@@ -30,12 +30,8 @@ from deeplab_tf.data.colormaps import get_colormap, label_to_color_image
 
 # Gap in pixels between the panels of `side_by_side`, filled with white.
 PANEL_GAP = 4
-# Legend layout in pixels: text size, colour swatch side, row height, margins and gap between entries.
+# Legend text size in pixels: at least this, larger on large pictures (their height / 40, at most 32).
 LEGEND_FONT_SIZE = 12
-_SWATCH = 12
-_ROW = 18
-_MARGIN = 4
-_ENTRY_GAP = 14
 
 
 def _as_rgb_uint8(image, what: str = "image") -> np.ndarray:
@@ -192,7 +188,7 @@ def class_display_name(class_id: int, class_names: Sequence[str], ignore_label: 
 
 
 def legend(class_ids, colormap: str, class_names: Sequence[str], width: int = 0,
-           ignore_label: Optional[int] = None) -> np.ndarray:
+           ignore_label: Optional[int] = None, font_size: int = LEGEND_FONT_SIZE) -> np.ndarray:
   """A white strip with one entry per class id: a swatch of its colormap colour and its name.
 
   Entries flow left to right, wrapping to a new row at `width` (a single entry wider than `width`
@@ -204,9 +200,11 @@ def legend(class_ids, colormap: str, class_names: Sequence[str], width: int = 0,
     class_names: name of each class id (ids past them show as the id, `ignore_label` as "ignore").
     width: width of the strip in pixels; 0 puts every entry on one row.
     ignore_label: see `class_display_name`.
+    font_size: text height in pixels; the swatches are as high, the rows 1.5 times.
 
   Returns:
-    uint8 `[rows * 18 + 8, max(width, widest row), 3]`; `[0, width, 3]` when `class_ids` is empty.
+    uint8 `[rows * row height + margins, max(width, widest row), 3]`; `[0, width, 3]` when
+    `class_ids` is empty.
 
   Raises:
     ValueError: a class id outside the colormap.
@@ -215,37 +213,40 @@ def legend(class_ids, colormap: str, class_names: Sequence[str], width: int = 0,
   if not ids:
     return np.full((0, width, 3), 255, np.uint8)
   colours = label_to_color_image(np.asarray([ids]), colormap)[0]
-  font = _font()
+  font = _font(font_size)
+  swatch, row_height = font_size, int(round(1.5 * font_size))
+  margin, entry_gap = max(4, font_size // 3), font_size + 2
   probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
   entries = []
   for class_id, colour in zip(ids, colours):
     text = class_display_name(class_id, class_names, ignore_label)
     text_width = int(np.ceil(probe.textlength(text, font=font)))
-    entries.append((text, tuple(int(v) for v in colour), _SWATCH + 4 + text_width))
-  rows, row, used = [], [], _MARGIN
+    entries.append((text, tuple(int(v) for v in colour), swatch + 4 + text_width))
+  rows, row, used = [], [], margin
   limit = width if width > 0 else None
   for entry in entries:
-    if row and limit is not None and used + entry[2] + _MARGIN > limit:
+    if row and limit is not None and used + entry[2] + margin > limit:
       rows.append(row)
-      row, used = [], _MARGIN
+      row, used = [], margin
     row.append(entry)
-    used += entry[2] + _ENTRY_GAP
+    used += entry[2] + entry_gap
   rows.append(row)
-  needed = max(_MARGIN + sum(e[2] for e in r) + _ENTRY_GAP * (len(r) - 1) + _MARGIN for r in rows)
-  strip = Image.new("RGB", (max(width, needed), len(rows) * _ROW + 2 * _MARGIN), (255, 255, 255))
+  needed = max(margin + sum(e[2] for e in r) + entry_gap * (len(r) - 1) + margin for r in rows)
+  strip = Image.new("RGB", (max(width, needed), len(rows) * row_height + 2 * margin), (255, 255, 255))
   draw = ImageDraw.Draw(strip)
   for r, entries_of_row in enumerate(rows):
-    x, y = _MARGIN, _MARGIN + r * _ROW + (_ROW - _SWATCH) // 2
+    x, y = margin, margin + r * row_height + (row_height - swatch) // 2
     for text, colour, entry_width in entries_of_row:
-      draw.rectangle([x, y, x + _SWATCH - 1, y + _SWATCH - 1], fill=colour, outline=(64, 64, 64))
-      draw.text((x + _SWATCH + 4, y + _SWATCH // 2), text, fill=(0, 0, 0), font=font, anchor="lm")
-      x += entry_width + _ENTRY_GAP
+      draw.rectangle([x, y, x + swatch - 1, y + swatch - 1], fill=colour, outline=(64, 64, 64))
+      draw.text((x + swatch + 4, y + swatch // 2), text, fill=(0, 0, 0), font=font, anchor="lm")
+      x += entry_width + entry_gap
   return np.asarray(strip, dtype=np.uint8)
 
 
 def add_legend(picture, class_ids, colormap: str, class_names: Sequence[str],
                ignore_label: Optional[int] = None) -> np.ndarray:
-  """`picture` with `legend(class_ids, ...)` below it, both on white, as wide as the wider of the two.
+  """`picture` with `legend(class_ids, ...)` below it, both on white, as wide as the wider of the two;
+  the text is `LEGEND_FONT_SIZE` pixels high, or the picture's height / 40 (at most 32) when larger.
 
   Args:
     picture: uint8 `[height, width, 3]`.
@@ -258,7 +259,9 @@ def add_legend(picture, class_ids, colormap: str, class_names: Sequence[str],
     uint8 `[height + legend height, max(width, legend width), 3]`.
   """
   picture = _as_rgb_uint8(picture)
-  strip = legend(class_ids, colormap, class_names, width=picture.shape[1], ignore_label=ignore_label)
+  font_size = int(np.clip(picture.shape[0] // 40, LEGEND_FONT_SIZE, 32))
+  strip = legend(class_ids, colormap, class_names, width=picture.shape[1], ignore_label=ignore_label,
+                 font_size=font_size)
   width = max(picture.shape[1], strip.shape[1])
   out = np.full((picture.shape[0] + strip.shape[0], width, 3), 255, np.uint8)
   out[:picture.shape[0], :picture.shape[1]] = picture
