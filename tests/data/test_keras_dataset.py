@@ -55,8 +55,9 @@ def test_fit_on_keras_dataset_reports_the_project_loss(shards):
   loss = losses.SoftmaxCrossEntropyLoss(num_classes=NUM_CLASSES, ignore_label=255)
   model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss=loss)  # weights stay: same batches
   steps = []
+  count = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: steps.append(batch))
   history = model.fit(dataset.repeat(), steps_per_epoch=2, epochs=1, verbose=0, shuffle=False,
-                      callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: steps.append(b))])
+                      callbacks=[count])
   assert steps == [0, 1]
   expected = np.mean([losses.softmax_cross_entropy_loss(model(x, training=True), y, num_classes=NUM_CLASSES,
                                                         ignore_label=255).numpy() for x, y in dataset])
@@ -75,7 +76,8 @@ def test_sample_weight_form_zeroes_the_ignored_pixels(shards):
   dataset = keras_dataset(shards, is_training=False, crop_size=(33, 33), batch_size=2, ignore_label=255,
                           sample_weight=True)
   _, label, weight = next(iter(dataset))
-  plain = next(iter(keras_dataset(shards, is_training=False, crop_size=(33, 33), batch_size=2, ignore_label=255)))[1]
+  plain = next(iter(keras_dataset(shards, is_training=False, crop_size=(33, 33), batch_size=2,
+                                  ignore_label=255)))[1]
   ignored = plain.numpy()[..., 0] == 255
   assert weight.shape == (2, 33, 33) and ignored.any()
   np.testing.assert_array_equal(weight.numpy(), (~ignored).astype(np.float32))

@@ -25,7 +25,8 @@ PHOTO = os.path.join(os.path.dirname(__file__), "..", "..", "datasets", "samples
 OPTIONS = ModelOptions(model_variant="mobilenet_v2", num_classes=3, output_stride=16, depth_multiplier=0.5)
 NAMES = ["sky", "road", "car"]
 # Two images named alike, 520 pixels wide (wider than the original's default crop of 513), and one small.
-IMAGES = [("photos/wide.jpg", (0, 0, 21, 520)), ("other/wide.jpg", (100, 0, 21, 520)), ("third.jpg", (50, 60, 21, 30))]
+IMAGES = [("photos/wide.jpg", (0, 0, 21, 520)), ("other/wide.jpg", (100, 0, 21, 520)),
+          ("third.jpg", (50, 60, 21, 30))]
 
 
 def _png(array):
@@ -94,13 +95,13 @@ def test_eval_with_default_flags_takes_wide_images_and_writes_pictures(setup):
     assert events[tag][0] == 1
     np.testing.assert_array_equal(events[tag][1], picture)
   # They show this evaluation's matrix and IoUs (drawn from the known confusion matrix and its IoUs).
-  np.testing.assert_array_equal(np.array(Image.open(logdir / "confusion_matrix_ckpt-1.png")),
-                                visualization.confusion_matrix_image(
-                                    expected.matrix, NAMES, title="ckpt-1 val: confusion matrix (rows sum to 100%)"))
+  drawn = visualization.confusion_matrix_image(expected.matrix, NAMES,
+                                               title="ckpt-1 val: confusion matrix (rows sum to 100%)")
+  np.testing.assert_array_equal(np.array(Image.open(logdir / "confusion_matrix_ckpt-1.png")), drawn)
   metrics = expected.result()
-  np.testing.assert_array_equal(np.array(Image.open(logdir / "class_iou_ckpt-1.png")),
-                                visualization.class_iou_image(metrics.per_class_iou, NAMES, metrics.miou, "pascal",
-                                                              title="ckpt-1 val: per-class IoU"))
+  drawn = visualization.class_iou_image(metrics.per_class_iou, NAMES, metrics.miou, "pascal",
+                                        title="ckpt-1 val: per-class IoU")
+  np.testing.assert_array_equal(np.array(Image.open(logdir / "class_iou_ckpt-1.png")), drawn)
 
   # Overlays of the first images (default 4, the split has 3), named after them; the second 'wide' gets
   # its index as a prefix. Each is overlay | ground truth | prediction above a legend.
@@ -111,8 +112,10 @@ def test_eval_with_default_flags_takes_wide_images_and_writes_pictures(setup):
     height, width = label.shape
     assert picture.shape[0] > height                                      # the legend below
     np.testing.assert_array_equal(picture[:height, :width], visualization.overlay(image, prediction, "pascal"))
-    np.testing.assert_array_equal(picture[:height, -width:] if picture.shape[1] == 3 * width + 8 else
-                                  picture[:height, 2 * (width + 4):3 * width + 8],
+    gap = visualization.PANEL_GAP
+    np.testing.assert_array_equal(picture[:height, width + gap:2 * width + gap],      # ground truth
+                                  visualization.label_to_color_image(label, "pascal"))
+    np.testing.assert_array_equal(picture[:height, 2 * (width + gap):3 * width + 2 * gap],  # prediction
                                   visualization.label_to_color_image(prediction, "pascal"))
     assert events[f"overlays/{stem}"][0] == 1
     np.testing.assert_array_equal(events[f"overlays/{stem}"][1], picture)
@@ -168,7 +171,8 @@ def test_vis_with_default_flags_names_pictures_after_the_images(setup):
       f"{stem}_{kind}.png" for stem in ("wide", "000001_wide", "third")
       for kind in ("image", "prediction", "overlay", "panel"))
   for stem, (image, label), prediction in zip(["wide", "000001_wide", "third"], examples, predictions):
-    np.testing.assert_array_equal(visualization.read_label_png(str(results / f"{stem}_prediction.png")), prediction)
+    np.testing.assert_array_equal(visualization.read_label_png(str(results / f"{stem}_prediction.png")),
+                                  prediction)
     panel = np.array(Image.open(results / f"{stem}_panel.png"))
     assert panel.shape[0] > label.shape[0]                               # a legend under the panels
     np.testing.assert_array_equal(panel[:label.shape[0], :label.shape[1]], image)
