@@ -218,7 +218,9 @@ ROWS: Tuple[Row, ...] = (
     *_eval_and_vis_rows("eval.py"),
     _row("eval_logdir", "eval.py", None, SAME, "metrics JSON and TensorBoard scalars"),
     _row("eval_batch_size", "eval.py", 1, SAME, "images per batch"),
-    _row("eval_crop_size", "eval.py", "513,513", SAME, "empty: each image at its own size"),
+    _row("eval_crop_size", "eval.py", "513,513", NOT_APPLICABLE, "ours defaults to empty: each image at its "
+         "own size (the original padded to 513x513 and failed on any larger image); --eval_crop_size=513,513 "
+         "pads as the original (needed for --eval_batch_size above 1)"),
     _row("dataset", "eval.py", "pascal_voc_seg", SAME, "also a descriptor JSON path"),
     _row("eval_split", "eval.py", "val", SAME, "{split}-*.tfrecord"),
     _row("max_number_of_evaluations", "eval.py", 0, SAME, "0 waits for new checkpoints forever, as the "
@@ -227,7 +229,9 @@ ROWS: Tuple[Row, ...] = (
     *_eval_and_vis_rows("vis.py"),
     _row("vis_logdir", "vis.py", None, SAME, "segmentation_results/, raw_segmentation_results/"),
     _row("vis_batch_size", "vis.py", 1, SAME, "images per batch (above 1 needs --vis_crop_size)"),
-    _row("vis_crop_size", "vis.py", "513,513", SAME, "empty: each image at its own size"),
+    _row("vis_crop_size", "vis.py", "513,513", NOT_APPLICABLE, "ours defaults to empty: each image at its "
+         "own size (the original padded to 513x513 and failed on any larger image); --vis_crop_size=513,513 "
+         "pads as the original (needed for --vis_batch_size above 1)"),
     _row("dataset", "vis.py", "pascal_voc_seg", SAME, "cityscapes: raw predictions in label ids, for the "
          "benchmark server, as the original"),
     _row("vis_split", "vis.py", "val", SAME, "{split}-*.tfrecord"),

@@ -133,7 +133,8 @@ def main(argv):
   try:
     result = trainer.train(model_options, train_options, pattern, FLAGS.train_logdir,
                            strategy=strategy, ignore_label=descriptor.ignore_label, progress=bar,
-                           on_log=None if bar else log_line, validation_fn=validate)
+                           on_log=None if bar else log_line, validation_fn=validate,
+                           colormap=descriptor.colormap)
   except trainer.CheckpointWriteError as e:
     raise SystemExit(f"deeplab_train: {e}") from e
   finally:

@@ -4,15 +4,19 @@
       --dataset_dir=/data/tfrecord --vis_split=val --vis_crop_size=513,513 --also_save_raw_predictions \
       --max_number_of_iterations=1
 
-Into `<vis_logdir>/segmentation_results/`, for the i-th image as the original: `{i:06d}_image.png`,
-`{i:06d}_prediction.png` (a palette PNG in the --colormap_type colours whose values are the class ids), and
-ours: `{i:06d}_overlay.png` (image blended with the prediction) and `{i:06d}_panel.png`
-(image | ground truth | prediction). With --also_save_raw_predictions, `<vis_logdir>/
-raw_segmentation_results/<image name>.png` holds the class ids as a greyscale PNG, like the original; for
---dataset=cityscapes they are converted from train ids to the label ids the benchmark server scores.
+Into `<vis_logdir>/segmentation_results/`, for each image `<name>` (its TFRecord `image/filename` without
+extension; the original numbered them `{i:06d}_*`, we prefix `{i:06d}_` only to a name already used):
+`<name>_image.png`, `<name>_prediction.png` (a palette PNG in the --colormap_type colours whose values are
+the class ids), as the original, and ours: `<name>_overlay.png` (image blended with the prediction) and
+`<name>_panel.png` (image | ground truth | prediction), both with a legend (colour and name of each class
+shown). With --also_save_raw_predictions, `<vis_logdir>/raw_segmentation_results/<image name>.png` holds
+the class ids as a greyscale PNG, like the original; for --dataset=cityscapes they are converted from train
+ids to the label ids the benchmark server scores. Each image is taken at its own size by default;
+--vis_crop_size=513,513 pads them to that size, as the original (an image larger than it is an error).
 
 As the original, every checkpoint of --checkpoint_dir is visualised as it appears, --max_number_of_iterations
-of them (default 0: forever; 1: the latest once); --checkpoint_path visualises that one once. With
+of them (default 0: forever, said on screen at start; 1: the latest once); --checkpoint_path visualises that
+one once. With
 --min_resize_value (and --max_resize_value, --resize_factor) the images are resized first; image, overlay and
 panel show the resized image, the prediction PNGs are resized back (nearest neighbour, align_corners) to the
 image's own size, as the original does for the benchmark server.
@@ -30,9 +34,10 @@ from tqdm import tqdm
 from deeplab_tf.bin import entry
 from deeplab_tf import visualization
 from deeplab_tf.bin import eval_common
+from deeplab_tf.bin.eval_vis_messages import (announce_waiting, check_batch_and_crop, crop_size_error,
+                                              shown_size)
 from deeplab_tf.data.descriptors import cityscapes_train_ids_to_label_ids, get_descriptor
 from deeplab_tf.data.pipeline import build_dataset
-from deeplab_tf.data.preprocess import resize_to_range_size
 from deeplab_tf.evaluation.crf import dense_crf_labels
 from deeplab_tf.evaluation.inference import model_mean_pixel, predict_labels, predict_probabilities
 from deeplab_tf.image_ops import resize_nearest_align_corners
@@ -41,8 +46,8 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string("vis_logdir", None, "Where the pictures go.")
 flags.DEFINE_string("vis_split", "val", "Split to visualise.")
-flags.DEFINE_list("vis_crop_size", ["513", "513"], "height,width the images are padded to; empty for "
-                  "each image at its own size.")
+flags.DEFINE_list("vis_crop_size", [], "height,width the images are padded to (the original's 513,513); "
+                  "empty (default): each image at its own size.")
 flags.DEFINE_integer("vis_batch_size", 1, "Images per batch (above 1 needs --vis_crop_size).")
 flags.DEFINE_enum("colormap_type", "pascal", ["pascal", "cityscapes", "ade20k", "custom", "dataset"],
                   "Colours of the predictions: pascal (the original's default), cityscapes, ade20k, "
@@ -73,7 +78,8 @@ def visualise_checkpoint(checkpoint: str, descriptor, eval_options, colormap: st
   total = descriptor.splits_to_sizes.get(FLAGS.vis_split)
   total = min(total or limit, limit) if limit else total
   progress = tqdm(total=total, desc=f"vis {os.path.basename(checkpoint)}", unit="image")
-  index = 0
+  index, used = 0, set()
+  names = descriptor.class_names
   for batch in dataset:
     if crf_options is None:
       predictions = predict_labels(model, batch["image"], eval_options)
@@ -83,9 +89,7 @@ def visualise_checkpoint(checkpoint: str, descriptor, eval_options, colormap: st
       if limit is not None and index >= limit:
         break
       height, width = int(batch["height"][k]), int(batch["width"][k])
-      size = (resize_to_range_size(height, width, resize["min_resize_value"], resize["max_resize_value"],
-                                   resize["resize_factor"], resize["keep_aspect_ratio"]).numpy()
-              if resized else (height, width))
+      size = shown_size(batch, k, resize)
       image = batch["image"][k, :size[0], :size[1]].numpy()
       label = batch["label"][k, :size[0], :size[1], 0].numpy()
       if crf_options is None:
@@ -93,16 +97,19 @@ def visualise_checkpoint(checkpoint: str, descriptor, eval_options, colormap: st
       else:
         prediction = tf.constant(dense_crf_labels(image[None], probabilities[k:k + 1, :size[0], :size[1]],
                                                   crf_options)[0])
-      visualization.save_image_png(image, os.path.join(results_dir, f"{index:06d}_image.png"))
+      stem = visualization.picture_stem(batch["image_name"][k].numpy(), index, used)
+      visualization.save_image_png(image, os.path.join(results_dir, f"{stem}_image.png"))
       visualization.save_image_png(
-          visualization.overlay(image, prediction.numpy(), colormap, FLAGS.overlay_alpha),
-          os.path.join(results_dir, f"{index:06d}_overlay.png"))
-      visualization.save_image_png(visualization.side_by_side(image, label, prediction.numpy(), colormap),
-                                   os.path.join(results_dir, f"{index:06d}_panel.png"))
+          visualization.overlay(image, prediction.numpy(), colormap, FLAGS.overlay_alpha, class_names=names),
+          os.path.join(results_dir, f"{stem}_overlay.png"))
+      visualization.save_image_png(
+          visualization.side_by_side(image, label, prediction.numpy(), colormap, class_names=names,
+                                     ignore_label=descriptor.ignore_label),
+          os.path.join(results_dir, f"{stem}_panel.png"))
       if resized:  # back to the image's own size, as the original's vis.py
         prediction = resize_nearest_align_corners(prediction[None, ..., None], (height, width))[0, ..., 0]
       prediction = prediction.numpy()
-      visualization.save_label_png(prediction, os.path.join(results_dir, f"{index:06d}_prediction.png"),
+      visualization.save_label_png(prediction, os.path.join(results_dir, f"{stem}_prediction.png"),
                                    colormap)
       if FLAGS.also_save_raw_predictions:
         if descriptor.name == "cityscapes":
@@ -129,9 +136,18 @@ def main(argv):
     resize = eval_common.resize_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  check_batch_and_crop(FLAGS.vis_batch_size, eval_options.eval_crop_size, "vis_batch_size", "vis_crop_size")
   crf_options = eval_common.crf_options_from_flags()
+  announce_waiting("deeplab_vis", "max_number_of_iterations", FLAGS.max_number_of_iterations, "visualise")
   for checkpoint in eval_common.iterate_checkpoints(FLAGS.max_number_of_iterations):
-    print(f"wrote {visualise_checkpoint(checkpoint, descriptor, eval_options, colormap, resize, crf_options)}")
+    try:
+      written = visualise_checkpoint(checkpoint, descriptor, eval_options, colormap, resize, crf_options)
+    except tf.errors.InvalidArgumentError as e:
+      user_error = crop_size_error(e, eval_options.eval_crop_size, "vis_crop_size")
+      if user_error is None:
+        raise
+      raise user_error from None
+    print(f"wrote {written}")
 
 
 def run():

@@ -6,7 +6,9 @@ research/deeplab `eval.py`: the whole split goes through one `mean_iou` metric; 
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Optional, Sequence
+import dataclasses
+import re
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from deeplab_tf.evaluation.crf import CrfOptions, dense_crf_labels
 from deeplab_tf.evaluation.inference import predict_labels, predict_probabilities
@@ -17,7 +19,8 @@ from deeplab_tf.options import EvalOptions
 def evaluate_dataset(model, batches: Iterable[Mapping], eval_options: EvalOptions, *, num_classes: int,
                      ignore_label: int, class_names: Optional[Sequence[str]] = None,
                      mean_pixel: Optional[Sequence[float]] = None,
-                     crf_options: Optional[CrfOptions] = None) -> SegmentationMetrics:
+                     crf_options: Optional[CrfOptions] = None,
+                     on_batch: Optional[Callable[[Mapping, object], None]] = None) -> SegmentationMetrics:
   """mIoU of `model` over every batch of `batches`.
 
   Args:
@@ -49,4 +52,32 @@ def evaluate_dataset(model, batches: Iterable[Mapping], eval_options: EvalOption
       labels = dense_crf_labels(batch["image"], probabilities, crf_options, batch.get("height"),
                                 batch.get("width"))
     matrix.update(batch["label"], labels)
+    if on_batch is not None:
+      on_batch(batch, labels)
   return matrix.result()
+
+
+@dataclasses.dataclass(frozen=True)
+class OversizedImage:
+  """An image larger than the evaluation crop, as named by the input pipeline's error."""
+
+  name: str
+  height: int
+  width: int
+  crop_height: int
+  crop_width: int
+
+
+# The assertion of `deeplab_tf.data.preprocess.preprocess_for_eval`, as TensorFlow prints its data.
+_OVERSIZED = re.compile(r"\[Image\] \[(.*?)\] \[of height, width\] \[(\d+)\] \[(\d+)\] "
+                        r"\[is larger than the eval crop_size\] \[(\d+)\] \[(\d+)\]")
+
+
+def oversized_image(error: BaseException) -> Optional[OversizedImage]:
+  """The image named by a `tf.errors.InvalidArgumentError` from the evaluation pipeline's "image
+  larger than the eval crop_size" check (`preprocess_for_eval`), or None for any other error."""
+  match = _OVERSIZED.search(str(getattr(error, "message", error)))
+  if match is None:
+    return None
+  name, *sizes = match.groups()
+  return OversizedImage(name, *(int(v) for v in sizes))

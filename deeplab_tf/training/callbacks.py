@@ -7,7 +7,8 @@ that have one (`Validation`). `logs` holds:
   "step": optimizer steps done (global, across restarts); "steps": steps run by this loop;
   "total_steps"; "loss" (total loss of the loop's last step, float); "cross_entropy";
   "learning_rate" (of the last step);
-  "image", "label", "prediction": uint8 `[b, h, w, c]` summary images of the last step, if asked.
+  "image": uint8 `[b, h, w, 3]`, "label", "prediction": int32 `[b, h, w, 1]` class ids (the label's
+  ignore pixels keep `ignore_label`): the last step's samples, if image summaries are asked for.
 An interval of N steps fires when a loop ends at or crosses a multiple of N, and at the last step.
 """
 
@@ -20,7 +21,11 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import keras
 import tensorflow as tf
 
+from deeplab_tf.data.colormaps import get_colormap
 from deeplab_tf.training.train_step import IMAGE_KEYS
+
+# Samples of a batch written as TensorBoard images at every summary step.
+MAX_SUMMARY_IMAGES = 2
 
 
 def crossed(step: int, steps: int, every: int, total_steps: int) -> bool:
@@ -98,13 +103,26 @@ class ProgressBar(keras.callbacks.Callback):
                            lr=f"{logs['learning_rate']:.3g}")
 
 
+def colour_class_ids(class_ids, colormap: str) -> tf.Tensor:
+  """uint8 `[b, h, w, 3]` RGB of integer class ids `[b, h, w, 1]` (or `[b, h, w]`) in the colours of
+  `colormap` (`deeplab_tf.data.colormaps`; ids outside [0, 255] are clipped), as `deeplab_vis` colours
+  its pictures. research/deeplab's summaries showed `id * (255 // num_classes)` as grey levels instead."""
+  ids = tf.cast(class_ids, tf.int32)
+  if ids.shape.rank == 4:
+    ids = ids[..., 0]
+  return tf.gather(tf.constant(get_colormap(colormap)), tf.clip_by_value(ids, 0, 255))
+
+
 class Summaries(keras.callbacks.Callback):
   """TensorBoard scalars (total_loss, cross_entropy, learning_rate) and, if present in the logs,
-  sample images every `save_summaries_steps` steps, into `writer` (a `tf.summary` writer)."""
+  sample images every `save_summaries_steps` steps, into `writer` (a `tf.summary` writer):
+  `samples/image`, and `samples/label`, `samples/prediction` coloured with `colormap` (the dataset's,
+  e.g. "pascal", "cityscapes", "ade20k"; see `colour_class_ids`)."""
 
-  def __init__(self, writer, save_summaries_steps: int):
+  def __init__(self, writer, save_summaries_steps: int, colormap: str = "pascal"):
     super().__init__()
-    self.writer, self.every = writer, save_summaries_steps
+    self.writer, self.every, self.colormap = writer, save_summaries_steps, colormap
+    get_colormap(colormap)  # an unknown name fails here, not at the first summary
 
   def on_train_batch_end(self, batch, logs=None):
     if not crossed(batch, logs["steps"], self.every, logs["total_steps"]):
@@ -115,7 +133,10 @@ class Summaries(keras.callbacks.Callback):
       tf.summary.scalar("learning_rate", logs["learning_rate"])
       for k in IMAGE_KEYS:
         if k in logs:
-          tf.summary.image(f"samples/{k}", logs[k], max_outputs=2)
+          images = logs[k][:MAX_SUMMARY_IMAGES]
+          if k != "image":
+            images = colour_class_ids(images, self.colormap)
+          tf.summary.image(f"samples/{k}", images, max_outputs=MAX_SUMMARY_IMAGES)
 
   def on_train_end(self, logs=None):
     self.writer.flush()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import keras
 import tensorflow as tf
 
 from deeplab_tf.image_ops import resize_bilinear_align_corners, resize_nearest_align_corners
@@ -120,6 +121,48 @@ def softmax_cross_entropy_loss(logits, labels, *, num_classes: int, ignore_label
   top_losses = tf.where(in_top_k, ranked, tf.zeros_like(ranked))
   count = tf.reduce_sum(tf.cast(tf.not_equal(top_losses, 0.0), tf.float32))
   return _div_maybe_zero(tf.reduce_sum(top_losses), count)
+
+
+class SoftmaxCrossEntropyLoss(keras.losses.Loss):
+  """`softmax_cross_entropy_loss` as a Keras loss, for `model.compile(loss=...)` and `model.fit`.
+
+  The same value as the project's training loss on the same batch (without weight decay, which
+  `deeplab_train` adds separately): the class-weighted cross-entropy summed over the non-ignored
+  pixels and divided by their number. `y_true` is the label `[b, H, W, 1]` (or `[b, H, W]`) holding
+  `ignore_label` where nothing is counted (`deeplab_tf.data.keras_dataset` yields such batches),
+  `y_pred` the logits `[b, h, w, num_classes]`. Hard pixel mining keeps a fixed fraction
+  (`top_k_percent_pixels`); the original's ramp over `hard_example_mining_step` needs the step, which
+  a Keras loss does not see.
+
+  Args:
+    num_classes: number of classes.
+    ignore_label: label of pixels left out.
+    class_weights: optional per-class weights (see `label_weights`).
+    upsample_logits: resize the logits to the label size (True, the paper's) or the labels to the logits.
+    top_k_percent_pixels: fraction in (0, 1] of the highest pixel losses counted.
+    name: the loss's name.
+  """
+
+  def __init__(self, num_classes: int, ignore_label: int = 255,
+               class_weights: Optional[Sequence[float]] = None, upsample_logits: bool = True,
+               top_k_percent_pixels: float = 1.0, name: str = "softmax_cross_entropy", **kwargs):
+    super().__init__(name=name, **kwargs)
+    if not 0.0 < top_k_percent_pixels <= 1.0:
+      raise ValueError(f"top_k_percent_pixels={top_k_percent_pixels}: expected a value in (0, 1].")
+    self.num_classes, self.ignore_label = int(num_classes), int(ignore_label)
+    self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+    self.upsample_logits, self.top_k_percent_pixels = bool(upsample_logits), float(top_k_percent_pixels)
+
+  def call(self, y_true, y_pred):
+    return softmax_cross_entropy_loss(
+        y_pred, y_true, num_classes=self.num_classes, ignore_label=self.ignore_label,
+        class_weights=self.class_weights, upsample_logits=self.upsample_logits,
+        top_k_percent_pixels=self.top_k_percent_pixels)
+
+  def get_config(self):
+    return {**super().get_config(), "num_classes": self.num_classes, "ignore_label": self.ignore_label,
+            "class_weights": self.class_weights, "upsample_logits": self.upsample_logits,
+            "top_k_percent_pixels": self.top_k_percent_pixels}
 
 
 def l2_weight_decay(kernels: Sequence, weight_decay: float):

@@ -27,12 +27,6 @@ from deeplab_tf.training.optimizer import gradient_multipliers
 IMAGE_KEYS = ("image", "label", "prediction")
 
 
-def _label_summary(labels, num_classes):
-  """uint8 `[b, h, w, 1]` image of class ids spread over [0, 255] (the original's pixel scaling)."""
-  scaling = max(1, 255 // num_classes)
-  return tf.cast(tf.cast(labels, tf.int32) * scaling, tf.uint8)
-
-
 class TrainStep:
   """The training computation of one model, optimizer and strategy.
 
@@ -87,10 +81,9 @@ class TrainStep:
     outputs = {"loss": total, "cross_entropy": cross_entropy}
     if self.want_images:
       outputs["image"] = tf.cast(tf.clip_by_value(images, 0, 255), tf.uint8)
-      outputs["label"] = _label_summary(tf.where(labels == self.ignore_label, 0, labels),
-                                        self.num_classes)
-      prediction = tf.argmax(logits, axis=-1, output_type=tf.int32)[..., tf.newaxis]
-      outputs["prediction"] = _label_summary(prediction, self.num_classes)
+      # Class ids (the label's ignore_label kept): `callbacks.Summaries` colours them with the colormap.
+      outputs["label"] = tf.cast(labels, tf.int32)
+      outputs["prediction"] = tf.argmax(logits, axis=-1, output_type=tf.int32)[..., tf.newaxis]
     return outputs
 
   def _step(self, iterator) -> Dict[str, tf.Tensor]:

@@ -164,10 +164,10 @@ def _input_iterator(strategy, dataset_fn: DatasetFn, checkpoint: tf.train.Checkp
   return iter(strategy_lib.distribute_dataset(strategy, resumed_dataset_fn))
 
 
-def _callbacks(model, train_options, writer, log, progress, validation, extra):
+def _callbacks(model, train_options, writer, log, progress, validation, extra, colormap="pascal"):
   """The log line, summaries, progress bar (if `progress`), validation (if any) and `extra`."""
   intervals = train_options.checkpointing
-  chosen = [log, callbacks_lib.Summaries(writer, intervals.save_summaries_steps)]
+  chosen = [log, callbacks_lib.Summaries(writer, intervals.save_summaries_steps, colormap)]
   if progress is not None:
     chosen.append(callbacks_lib.ProgressBar(progress, intervals.log_steps))
   chosen += ([validation] if validation else []) + list(extra)
@@ -184,7 +184,8 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
           stop_event: Optional[threading.Event] = None,
           checkpoint_input_pipeline: bool = False,
           validation_fn: Optional[Callable[[keras.Model], Mapping[str, float]]] = None,
-          callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+          callbacks: Sequence[keras.callbacks.Callback] = (),
+          colormap: str = "pascal") -> TrainResult:
   """Trains DeepLab, resuming from the latest readable checkpoint in `train_logdir` if there is one.
 
   Args:
@@ -210,6 +211,7 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
       kept in the checkpoints as `data_seed`.
     validation_fn: called on the chief with the model after every checkpoint (`callbacks.Validation`).
     callbacks: more Keras callbacks (`deeplab_tf.training.callbacks` describes their logs).
+    colormap: colours of the label and prediction image summaries (the dataset's colormap name).
 
   Returns:
     A `TrainResult`.
@@ -235,7 +237,7 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
       strategy=strategy, checkpoint=checkpoint, step=step, logdir=train_logdir,
       options=train_options.checkpointing, total_steps=train_options.solver.training_number_of_steps,
       steps_per_loop=train_options.execution.steps_per_loop, init_fn=init_fn,
-      callbacks=_callbacks(model, train_options, writer, log, progress, validation, callbacks),
+      callbacks=_callbacks(model, train_options, writer, log, progress, validation, callbacks, colormap),
       stop_event=stop_event)
   start_step = controller.restore_or_initialize()
   if chief:

@@ -90,12 +90,12 @@ def test_vis_binary_writes_images_predictions_and_raw_ids(setup):
                            max_number_of_iterations=1):
     vis_bin.main([])
   results = root / "vis" / "segmentation_results"
-  assert sorted(os.listdir(results)) == sorted(
-      f"{i:06d}_{kind}.png" for i in range(2) for kind in ("image", "prediction", "overlay", "panel"))
+  assert sorted(os.listdir(results)) == sorted(   # named after the images (first.jpg, second.jpg)
+      f"{name}_{kind}.png" for name in ("first", "second") for kind in ("image", "prediction", "overlay", "panel"))
   for i, (name, image, _) in enumerate(examples):
-    np.testing.assert_array_equal(np.array(Image.open(results / f"{i:06d}_image.png")), image)
+    np.testing.assert_array_equal(np.array(Image.open(results / f"{name}_image.png")), image)
     expected = inference.predict_labels(model, image[None], EvalOptions(eval_crop_size=CROP))[0].numpy()
-    np.testing.assert_array_equal(visualization.read_label_png(str(results / f"{i:06d}_prediction.png")),
+    np.testing.assert_array_equal(visualization.read_label_png(str(results / f"{name}_prediction.png")),
                                   expected)
     np.testing.assert_array_equal(
         visualization.read_label_png(str(root / "vis" / "raw_segmentation_results" / f"{name}.png")), expected)
@@ -113,11 +113,11 @@ def test_vis_resizes_to_range_and_writes_cityscapes_label_ids(setup):
   results = root / "vis_cs" / "segmentation_results"
   # 33x41 -> 20x24 (41 * 20/33 = 24.8); 29x33 -> 20x22 (33 * 20/29 = 22.8)
   for i, ((name, image, _), resized) in enumerate(zip(examples, [(20, 24), (20, 22)])):
-    assert np.array(Image.open(results / f"{i:06d}_image.png")).shape == resized + (3,)
+    assert np.array(Image.open(results / f"{name}_image.png")).shape == resized + (3,)
     small, _ = preprocess.resize_to_range(tf.constant(image, tf.float32), None, 20, 30)
     expected = inference.predict_labels(model, small[None], EvalOptions())
     expected = resize_nearest_align_corners(expected[..., None], image.shape[:2])[0, ..., 0].numpy()
-    np.testing.assert_array_equal(visualization.read_label_png(str(results / f"{i:06d}_prediction.png")),
+    np.testing.assert_array_equal(visualization.read_label_png(str(results / f"{name}_prediction.png")),
                                   expected)
     raw = visualization.read_label_png(str(root / "vis_cs" / "raw_segmentation_results" / f"{name}.png"))
     np.testing.assert_array_equal(raw, np.array([7, 8, 11])[expected])
@@ -180,9 +180,9 @@ def test_eval_and_vis_binaries_apply_the_dense_crf(setup):
   with flagsaver.flagsaver(vis_logdir=str(root / "vis_crf"), vis_split="val", vis_crop_size=["33", "41"],
                            max_number_of_iterations=1, **crf_flags):
     vis_bin.main([])
-  for i, prediction in enumerate(predictions):
+  for (name, _, _), prediction in zip(examples, predictions):
     np.testing.assert_array_equal(visualization.read_label_png(
-        str(root / "vis_crf" / "segmentation_results" / f"{i:06d}_prediction.png")), prediction)
+        str(root / "vis_crf" / "segmentation_results" / f"{name}_prediction.png")), prediction)
 
 
 def test_vis_in_batches_writes_the_same_pictures(setup):
@@ -192,11 +192,11 @@ def test_vis_in_batches_writes_the_same_pictures(setup):
                            vis_crop_size=["33", "41"], vis_batch_size=2, colormap_type="cityscapes"):
     vis_bin.main([])
   results = root / "vis_b2" / "segmentation_results"
-  for i, (_, image, _) in enumerate(examples):
+  for name, image, _ in examples:
     expected = inference.predict_labels(model, image[None], EvalOptions(eval_crop_size=CROP))[0].numpy()
-    np.testing.assert_array_equal(visualization.read_label_png(str(results / f"{i:06d}_prediction.png")),
+    np.testing.assert_array_equal(visualization.read_label_png(str(results / f"{name}_prediction.png")),
                                   expected)
-    palette = np.array(Image.open(results / f"{i:06d}_prediction.png").getpalette()[:6]).reshape(2, 3)
+    palette = np.array(Image.open(results / f"{name}_prediction.png").getpalette()[:6]).reshape(2, 3)
     np.testing.assert_array_equal(palette, [[128, 64, 128], [244, 35, 232]])  # Cityscapes road, sidewalk
 
 
