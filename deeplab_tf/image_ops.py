@@ -4,7 +4,8 @@ Also the original's `scale_dimension`, the one rule for the size of a scaled ima
 
 Every resize in the original (image pooling back to the feature size, ASPP output to the decoder size,
 logits to the input size, random scaling of training images and labels) uses align_corners=True,
-half_pixel_centers=False (REFERENCE.md). TF2's `tf.image.resize` cannot; the TF1 ops behind
+half_pixel_centers=False (research/deeplab `model.py`, `core/preprocess_utils.py`,
+`utils/train_utils.py`). TF2's `tf.image.resize` cannot; the TF1 ops behind
 `tf.compat.v1.image.resize_{bilinear,nearest_neighbor}` can, and are called directly here (no
 deprecation warning). This module depends on nothing of ours, so `model/` and `data/` may both use it.
 """
