@@ -6,9 +6,11 @@ Usage (the papers' first VOC stage):
 
 `--dataset` and `--dataset_dir` are the flags shared with eval/vis (`deeplab_tf.bin.eval_common`), the
 model flags (`--model_variant`, `--output_stride`, `--atrous_rates`, ...) those of
-`deeplab_tf.bin.model_flags`; `--num_classes` defaults to the dataset descriptor's.
+`deeplab_tf.bin.model_flags`; `--num_classes` defaults to the dataset descriptor's (without
+`--dataset`, the descriptor JSON beside the shards: `eval_common.descriptor_from_flags`).
 Re-running the same command resumes from the latest checkpoint in --train_logdir; SIGTERM checkpoints
-and exits.
+and exits. A user's mistake or a data fault (another model's --train_logdir, a logdir in use by
+another trainer, a truncated shard, labels out of range or all ignored) ends in one line.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from tqdm import tqdm
 
 from deeplab_tf.bin import entry
 from deeplab_tf.bin import eval_common, model_flags
-from deeplab_tf.data.descriptors import get_descriptor
+import tensorflow as tf
+
+from deeplab_tf.data import pipeline
+from deeplab_tf.errors import UserError
 from deeplab_tf.evaluation import validation
 from deeplab_tf.options import TrainOptions
 from deeplab_tf.training import strategy as strategy_lib
@@ -90,7 +95,7 @@ def options_from_flags():
 
   Every `TrainOptions` field is set from the flag of the same name.
   """
-  descriptor = get_descriptor(FLAGS.dataset)
+  descriptor = eval_common.descriptor_from_flags()
   model_options = model_flags.model_options_from_flags()
   if not FLAGS["num_classes"].present:  # not given: the dataset's
     model_options = model_options.replace(num_classes=descriptor.num_classes)
@@ -136,6 +141,11 @@ def main(argv):
                            on_log=None if bar else log_line, validation_fn=validate)
   except trainer.CheckpointWriteError as e:
     raise SystemExit(f"deeplab_train: {e}") from e
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    message = pipeline.input_error_message(e, pattern)
+    if message is None:
+      raise
+    raise UserError(message) from None
   finally:
     if bar is not None:
       bar.close()

@@ -75,6 +75,32 @@ def _records(file_pattern, input_context, shuffle: bool, seed) -> tf.data.Datase
   return dataset.map(features.parse_example, num_parallel_calls=_AUTOTUNE)
 
 
+def input_error_message(error: Exception, file_pattern: Union[str, Sequence[str]]) -> Optional[str]:
+  """One line for a data fault that stopped a pipeline of `build_dataset`, or None if not one.
+
+  For the edge of a binary: a truncated or corrupted shard (`DataLossError`, which names no file: the
+  shards are read again to find it, `unreadable_shards`), and the pipeline's own checks (a record
+  without image or label bytes, a label outside [0, num_classes)), whose assertion text is turned
+  into a sentence.
+  """
+  if isinstance(error, tf.errors.DataLossError):
+    bad = unreadable_shards(file_pattern)
+    if not bad:
+      return None
+    shards = "; ".join(f"{path} ({problem})" for path, problem in bad[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return (f"Shard(s) truncated or corrupted: {shards}{more}. Re-run the datasets/ converter that "
+            "made this split (a copy cut short or a killed converter leaves such shards).")
+  text = str(getattr(error, "message", error))
+  marker = "assertion failed: "
+  if isinstance(error, tf.errors.InvalidArgumentError) and marker in text:
+    line = text.split(marker, 1)[1].split("\n")[0].split(" [[")[0].strip()
+    if not (line.startswith(f"[{features.MISSING_KEYS_MESSAGE}") or line.startswith("[Labels of")):
+      return None
+    return line.strip("[]").replace("] [", " ").replace("\\'", "'")
+  return None
+
+
 def unreadable_shards(file_pattern: Union[str, Sequence[str]]) -> Sequence[Tuple[str, str]]:
   """`(shard, problem)` for every shard of `file_pattern` that does not read to its end.
 
