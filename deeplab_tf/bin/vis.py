@@ -30,7 +30,7 @@ from tqdm import tqdm
 from deeplab_tf.bin import entry
 from deeplab_tf import visualization
 from deeplab_tf.bin import eval_common
-from deeplab_tf.data.descriptors import cityscapes_train_ids_to_label_ids, get_descriptor
+from deeplab_tf.data.descriptors import cityscapes_train_ids_to_label_ids
 from deeplab_tf.data.pipeline import build_dataset
 from deeplab_tf.data.preprocess import resize_to_range_size
 from deeplab_tf.evaluation.crf import dense_crf_labels
@@ -121,7 +121,7 @@ def main(argv):
   del argv
   if not FLAGS.vis_logdir:
     raise app.UsageError("--vis_logdir is required: the folder the pictures are written to.")
-  descriptor = get_descriptor(FLAGS.dataset)
+  descriptor = eval_common.descriptor_from_flags()
   colormap = descriptor.colormap if FLAGS.colormap_type == "dataset" else FLAGS.colormap_type
   try:
     eval_options = eval_common.eval_options_from_flags(
