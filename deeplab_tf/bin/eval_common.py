@@ -54,7 +54,7 @@ def parse_crop_size(values: Optional[Sequence[str]], flag_name: str) -> Optional
   """`["513", "513"]` (a DEFINE_list) -> (513, 513); None or [] -> None.
 
   Raises:
-    ValueError: naming the flag, if not two positive integers.
+    UserError: (a ValueError) naming the flag, if not two positive integers.
   """
   if not values:
     return None
@@ -63,7 +63,8 @@ def parse_crop_size(values: Optional[Sequence[str]], flag_name: str) -> Optional
   except ValueError:
     size = ()
   if len(size) != 2 or min(size) < 1:
-    raise ValueError(f"--{flag_name}={','.join(values)}: expected two positive integers 'height,width', "
+    from deeplab_tf.errors import UserError  # pylint: disable=import-outside-toplevel
+    raise UserError(f"--{flag_name}={','.join(values)}: expected two positive integers 'height,width', "
                      "e.g. 513,513.")
   return size
 
@@ -95,7 +96,8 @@ def checkpoint_from_flags() -> str:
   """--checkpoint_path, else --checkpoint_dir (raises ValueError when neither is given)."""
   path = FLAGS.checkpoint_path or FLAGS.checkpoint_dir
   if not path:
-    raise ValueError("Give --checkpoint_dir (a training log directory) or --checkpoint_path.")
+    from deeplab_tf.errors import UserError  # pylint: disable=import-outside-toplevel
+    raise UserError("Give --checkpoint_dir (a training log directory) or --checkpoint_path.")
   return path
 
 
@@ -169,8 +171,8 @@ def descriptor_from_flags():
   refused.
 
   Raises:
-    UserError: several descriptors in --dataset_dir, or --num_classes contradicting the one found;
-      ValueError: an unknown --dataset.
+    UserError: several descriptors in --dataset_dir, or --num_classes contradicting the one found.
+    ValueError: an unknown --dataset.
   """
   from absl import logging  # pylint: disable=import-outside-toplevel
   from deeplab_tf.data import descriptors  # pylint: disable=import-outside-toplevel

@@ -139,8 +139,8 @@ def main(argv):
     result = trainer.train(model_options, train_options, pattern, FLAGS.train_logdir,
                            strategy=strategy, ignore_label=descriptor.ignore_label, progress=bar,
                            on_log=None if bar else log_line, validation_fn=validate)
-  except trainer.CheckpointWriteError as e:
-    raise SystemExit(f"deeplab_train: {e}") from e
+  except (trainer.CheckpointWriteError, trainer.NonFiniteLossError) as e:
+    raise SystemExit(f"deeplab_train: {e}") from e  # named faults, not bugs: no traceback
   except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
     message = pipeline.input_error_message(e, pattern)
     if message is None:

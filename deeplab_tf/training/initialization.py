@@ -37,6 +37,16 @@ def _copy_but_last_layers(source: keras.Model, model: keras.Model, last_ids, pat
     ours.assign(np.asarray(theirs.numpy()))
 
 
+def _one_line(error) -> str:
+  """`checkpoints.CheckpointMismatchError`'s listing in one line: its counts, the first names, the hint."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  names = [line for line in lines[1:] if not line.endswith(":") and "(" not in line[:1]
+           and not line.startswith(("The logits", "Check that", "..."))][:3]
+  hints = [line for line in lines if line.startswith(("The logits", "Check that"))]
+  first = lines[0].split(": ", 1)[-1] if lines else ""
+  return " ".join([first, f"E.g. {'; '.join(names)}." if names else ""] + hints).strip()
+
+
 def _checkpoint_num_classes(path: str, prefix: str) -> int:
   try:
     return model_io.load_model_options(path if io_utils.isdir(path) else prefix).num_classes
@@ -111,9 +121,12 @@ def initialize_from_checkpoint(model: keras.Model, options: InitializationOption
       kind = "tf2"
     else:
       from deeplab_tf import checkpoints  # pylint: disable=import-outside-toplevel
-      checkpoints.load_tf1_checkpoint(
-          model, prefix, initialize_last_layer=options.initialize_last_layer,
-          last_layers_contain_logits_only=options.last_layers_contain_logits_only)
+      try:
+        checkpoints.load_tf1_checkpoint(
+            model, prefix, initialize_last_layer=options.initialize_last_layer,
+            last_layers_contain_logits_only=options.last_layers_contain_logits_only)
+      except checkpoints.CheckpointMismatchError as e:
+        raise model_io.CheckpointMismatchError(f"--tf_initial_checkpoint={path}: {_one_line(e)}") from None
       kind = "tf1"
   for var, value in keep:
     var.assign(value)
