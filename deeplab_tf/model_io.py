@@ -64,17 +64,14 @@ def quiet_tf_warnings() -> Iterator[None]:
   """
   loggers = [tf.get_logger(), py_logging.getLogger("absl")]
   levels = [logger.level for logger in loggers]
-  absl_verbosity = logging.get_verbosity()
   for logger in loggers:
     logger.setLevel(py_logging.ERROR)
-  logging.set_verbosity(logging.ERROR)
   try:
     yield
   finally:
     gc.collect()  # the coordinator's warnings are logged on deletion: delete it while quiet
     for logger, level in zip(loggers, levels):
       logger.setLevel(level)
-    logging.set_verbosity(absl_verbosity)
 
 
 def silence_failed_restores() -> None:

@@ -177,7 +177,8 @@ def descriptor_from_flags():
   from absl import logging  # pylint: disable=import-outside-toplevel
   from deeplab_tf.data import descriptors  # pylint: disable=import-outside-toplevel
   from deeplab_tf.errors import UserError  # pylint: disable=import-outside-toplevel
-  if FLAGS["dataset"].present or not FLAGS.dataset_dir or not tf.io.gfile.isdir(FLAGS.dataset_dir):
+  if not FLAGS["dataset"].using_default_value or not FLAGS.dataset_dir or not tf.io.gfile.isdir(
+      FLAGS.dataset_dir):
     return descriptors.get_descriptor(FLAGS.dataset)
   found = []
   for path in sorted(tf.io.gfile.glob(os.path.join(FLAGS.dataset_dir, "*.json"))):
@@ -194,7 +195,7 @@ def descriptor_from_flags():
                     FLAGS.dataset_dir, FLAGS.dataset, descriptors.get_descriptor(FLAGS.dataset).num_classes)
     return descriptors.get_descriptor(FLAGS.dataset)
   path, descriptor = found[0]
-  if FLAGS["num_classes"].present and FLAGS.num_classes != descriptor.num_classes:
+  if not FLAGS["num_classes"].using_default_value and FLAGS.num_classes != descriptor.num_classes:
     raise UserError(f"--num_classes={FLAGS.num_classes} contradicts the dataset descriptor {path} "
                     f"({descriptor.num_classes} classes: {', '.join(descriptor.class_names[:8])}"
                     f"{', ...' if descriptor.num_classes > 8 else ''}): drop --num_classes, or pass "

@@ -111,8 +111,8 @@ def main(argv):
     raise app.UsageError("--train_logdir is required.")
   try:
     model_options, train_options, descriptor = options_from_flags()
-    pattern = eval_common.split_pattern(FLAGS.dataset_dir, FLAGS.train_split, "train_split")
     config = strategy_lib.StrategyConfig(FLAGS.strategy, num_gpus=FLAGS.num_gpus, tpu=FLAGS.tpu)
+    pattern = eval_common.split_pattern(FLAGS.dataset_dir, FLAGS.train_split, "train_split")
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   strategy = strategy_lib.build_strategy(config)
