@@ -15,13 +15,12 @@ another trainer, a truncated shard, labels out of range or all ignored) ends in 
 
 from __future__ import annotations
 
+import tensorflow as tf
 from absl import app, flags, logging
 from tqdm import tqdm
 
 from deeplab_tf.bin import entry
 from deeplab_tf.bin import eval_common, model_flags
-import tensorflow as tf
-
 from deeplab_tf.data import pipeline
 from deeplab_tf.errors import UserError
 from deeplab_tf.evaluation import validation

@@ -262,7 +262,8 @@ class Controller:
       raise AllLabelsIgnoredError(
           f"The first {current - start} training batches hold no pixel other than {ignore} in their "
           "whole labels: the split has no labelled pixel (the loss would be 0.0 at every step). Check "
-          "that the label PNGs hold class ids, and the dataset's ignore_label; nothing was saved.")
+          f"that the label PNGs hold class ids, and the dataset's ignore_label. Stopped at step "
+          f"{current}.")
 
   def _write_error(self, step: int, error: Exception) -> CheckpointWriteError:
     prefix = os.path.join(self.directory, f"{CHECKPOINT_NAME}-{step}")
