@@ -185,3 +185,22 @@ def test_failed_conversion_writes_nothing(tmp_path, mobilenet_vars):
   with pytest.raises(CheckpointMismatchError, match="aspp1_depthwise/depthwise_weights"):
     convert_tf1_checkpoint(prefix, options, str(tmp_path / "out"))
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_model_zoo_checkpoint_that_does_not_fit_is_one_line_for_the_trainer(
+    tmp_path, mobilenet_19_model, mobilenet_vars):
+  """--tf_initial_checkpoint: the listing above becomes one line (counts, first names, the hint),
+  which deeplab_train prints without a traceback."""
+  from deeplab_tf import model_io
+  from deeplab_tf.errors import UserError
+  from deeplab_tf.options import TrainOptions
+  from deeplab_tf.training import initialization
+  prefix = _write(tmp_path, mobilenet_vars, rc.det_value)
+  options = TrainOptions(tf_initial_checkpoint=prefix).initialization
+  with pytest.raises(model_io.CheckpointMismatchError) as info:
+    initialization.initialize_from_checkpoint(mobilenet_19_model, options)
+  message = str(info.value)
+  assert isinstance(info.value, UserError) and "\n" not in message, message
+  assert message.startswith(f"--tf_initial_checkpoint={prefix}: the checkpoint does not match")
+  assert "1 shape mismatches" not in message and "2 shape mismatches" in message, message
+  assert "initialize_last_layer=False" in message, message

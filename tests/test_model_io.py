@@ -97,3 +97,66 @@ def test_load_model_builds_under_the_mixed_precision_policy_and_restores_the_glo
     with global_dtype_policy("bfloat16"):
       pass
   assert keras.mixed_precision.global_policy().name == "float32"
+
+
+SMALL = deeplab_tf.ModelOptions(model_variant="mobilenet_v2", num_classes=3, depth_multiplier=0.5)
+
+
+def _small_logdir(logdir, steps=(1, 2)):
+  """A log directory with checkpoints ckpt-<step> of one small model, and its options."""
+  model = deeplab_tf.build_deeplab(SMALL)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(logdir), max_to_keep=5)
+  for step in steps:
+    model.get_layer("logits.semantic").bias.assign([float(step)] * 3)
+    manager.save(checkpoint_number=step)
+  model_io.save_model_options(str(logdir), SMALL)
+  return model
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_path, caplog):
+  _small_logdir(tmp_path)
+  data = tf.io.gfile.glob(str(tmp_path / "ckpt-2.data-*"))[0]
+  with open(data, "r+b") as f:  # what a kill during a copy or a full disk leaves
+    f.truncate(tf.io.gfile.stat(data).length // 2)
+  with caplog.at_level("WARNING", logger="absl"):
+    model, _ = model_io.load_model(str(tmp_path))
+  np.testing.assert_array_equal(model.get_layer("logits.semantic").bias.numpy(), [1.0] * 3)
+  warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+  assert len(warnings) == 1 and str(tmp_path / "ckpt-2") in warnings[0], warnings
+  # Named explicitly, the truncated one is refused in one line naming it.
+  with pytest.raises(model_io.CheckpointNotFoundError, match="ckpt-2: unreadable checkpoint"):
+    model_io.load_model(str(tmp_path / "ckpt-2"))
+
+
+def test_non_finite_weights_are_refused_naming_the_checkpoint_and_the_tensors(tmp_path):
+  model = _small_logdir(tmp_path, steps=(1,))
+  variance = [w for w in model.weights if w.path.endswith("moving_variance")][:2]
+  for w in variance:
+    w.assign(tf.fill(w.shape, np.inf))  # what --base_learning_rate=1e8 left in 18 BN variances
+  tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path), max_to_keep=5).save(
+      checkpoint_number=2)
+  with pytest.raises(model_io.NonFiniteWeightsError) as error:
+    model_io.load_model(str(tmp_path))
+  message = str(error.value)
+  assert "\n" not in message and str(tmp_path / "ckpt-2") in message, message
+  assert "2 of the model's" in message and variance[0].path in message, message
+  from absl import flags
+  from deeplab_tf.bin import eval_common  # eval, vis, predict and export load through it
+  flags.FLAGS.mark_as_parsed()
+  with pytest.raises(model_io.NonFiniteWeightsError):
+    eval_common.load_model_from_flags(str(tmp_path / "ckpt-2"))
+  model_io.load_model(str(tmp_path / "ckpt-1"))  # the earlier one is fine
+
+
+def test_a_checkpoint_of_another_variant_is_one_quiet_line(tmp_path, capfd):
+  _small_logdir(tmp_path, steps=(1,))
+  capfd.readouterr()
+  other = SMALL.replace(depth_multiplier=1.0)  # other channel counts: another model
+  with pytest.raises(model_io.CheckpointMismatchError) as error:
+    model_io.load_model(str(tmp_path), options=other)
+  import gc
+  gc.collect()  # the failed restore's leftovers are deleted here (else at exit): silent either way
+  assert "\n" not in str(error.value) and "does not fit the model" in str(error.value)
+  out, err = capfd.readouterr()
+  noise = [line for line in (out + err).splitlines() if "WARNING" in line]
+  assert len(noise) < 5, noise[:5]

@@ -38,7 +38,6 @@ from deeplab_tf.bin import entry
 from deeplab_tf.bin import eval_common
 from deeplab_tf.bin.eval_vis_messages import (announce_waiting, check_batch_and_crop, crop_size_error,
                                               shown_size)
-from deeplab_tf.data.descriptors import get_descriptor
 from deeplab_tf.data.pipeline import build_dataset
 from deeplab_tf.evaluation.evaluate import evaluate_dataset
 from deeplab_tf.evaluation.inference import model_mean_pixel
@@ -150,7 +149,7 @@ def evaluate_checkpoint(checkpoint: str, descriptor, eval_options, crf_options=N
 
 def main(argv):
   del argv
-  descriptor = get_descriptor(FLAGS.dataset)
+  descriptor = eval_common.descriptor_from_flags()
   eval_options = eval_common.eval_options_from_flags(
       eval_common.parse_crop_size(FLAGS.eval_crop_size, "eval_crop_size"))
   check_batch_and_crop(FLAGS.eval_batch_size, eval_options.eval_crop_size, "eval_batch_size", "eval_crop_size")

@@ -54,7 +54,7 @@ def parse_crop_size(values: Optional[Sequence[str]], flag_name: str) -> Optional
   """`["513", "513"]` (a DEFINE_list) -> (513, 513); None or [] -> None.
 
   Raises:
-    ValueError: naming the flag, if not two positive integers.
+    UserError: (a ValueError) naming the flag, if not two positive integers.
   """
   if not values:
     return None
@@ -63,7 +63,8 @@ def parse_crop_size(values: Optional[Sequence[str]], flag_name: str) -> Optional
   except ValueError:
     size = ()
   if len(size) != 2 or min(size) < 1:
-    raise ValueError(f"--{flag_name}={','.join(values)}: expected two positive integers 'height,width', "
+    from deeplab_tf.errors import UserError  # pylint: disable=import-outside-toplevel
+    raise UserError(f"--{flag_name}={','.join(values)}: expected two positive integers 'height,width', "
                      "e.g. 513,513.")
   return size
 
@@ -96,7 +97,8 @@ def checkpoint_from_flags() -> str:
   """--checkpoint_path, else --checkpoint_dir (raises ValueError when neither is given)."""
   path = FLAGS.checkpoint_path or FLAGS.checkpoint_dir
   if not path:
-    raise ValueError("Give --checkpoint_dir (a training log directory) or --checkpoint_path.")
+    from deeplab_tf.errors import UserError  # pylint: disable=import-outside-toplevel
+    raise UserError("Give --checkpoint_dir (a training log directory) or --checkpoint_path.")
   return path
 
 
@@ -143,20 +145,87 @@ def iterate_checkpoints(max_number: int) -> Iterator[str]:
     yield path if path.endswith(".keras") else resolve_checkpoint(path)  # a log directory's latest ckpt-N
     return
   done = 0
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  from deeplab_tf.model_io import (  # pylint: disable=import-outside-toplevel
+      checkpoint_problem, latest_readable_checkpoint)
   for prefix in tf.train.checkpoints_iterator(FLAGS.checkpoint_dir, min_interval_secs=FLAGS.eval_interval_secs,
                                               timeout=FLAGS.eval_timeout_secs):
+    problem = checkpoint_problem(prefix)
+    if problem is not None:  # truncated or corrupted: the first time the previous readable one
+      logging.warning("Checkpoint %s is unreadable (%s): truncated or corrupted; skipped.", prefix,
+                      problem)
+      prefix = latest_readable_checkpoint(FLAGS.checkpoint_dir) if done == 0 else None
+      if prefix is None:
+        continue
     yield prefix
     done += 1
     if 0 < max_number <= done:
       return
 
 
+def descriptor_from_flags():
+  """The dataset's descriptor: --dataset's when given, else the descriptor JSON beside the shards.
+
+  research/deeplab defaults --dataset to pascal_voc_seg, which silently made a 3-class folder a
+  21-class model. Without an explicit --dataset, the one dataset descriptor JSON of --dataset_dir
+  (`datasets/build_folder_data.py` and the other converters write one there) gives the number of
+  classes, their names and the ignore label; with none there, pascal_voc_seg stays the default, as in
+  the original, with a warning. An explicit --num_classes that contradicts the descriptor found is
+  refused.
+
+  Raises:
+    UserError: several descriptors in --dataset_dir, or --num_classes contradicting the one found.
+    ValueError: an unknown --dataset.
+  """
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  from deeplab_tf.data import descriptors  # pylint: disable=import-outside-toplevel
+  from deeplab_tf.errors import UserError  # pylint: disable=import-outside-toplevel
+  if not FLAGS["dataset"].using_default_value or not FLAGS.dataset_dir or not tf.io.gfile.isdir(
+      FLAGS.dataset_dir):
+    return descriptors.get_descriptor(FLAGS.dataset)
+  found = []
+  for path in sorted(tf.io.gfile.glob(os.path.join(FLAGS.dataset_dir, "*.json"))):
+    try:
+      found.append((path, descriptors.get_descriptor(path)))
+    except ValueError:  # another JSON file (not a descriptor)
+      continue
+  if len(found) > 1:
+    raise UserError(f"--dataset_dir={FLAGS.dataset_dir} holds several dataset descriptors "
+                    f"({', '.join(p for p, _ in found)}): choose one with --dataset=<its path>.")
+  if not found:
+    logging.warning("No dataset descriptor JSON in --dataset_dir=%s and no --dataset: using %s's "
+                    "(%d classes). Pass --dataset=<descriptor.json> if that is not your dataset.",
+                    FLAGS.dataset_dir, FLAGS.dataset, descriptors.get_descriptor(FLAGS.dataset).num_classes)
+    return descriptors.get_descriptor(FLAGS.dataset)
+  path, descriptor = found[0]
+  if not FLAGS["num_classes"].using_default_value and FLAGS.num_classes != descriptor.num_classes:
+    raise UserError(f"--num_classes={FLAGS.num_classes} contradicts the dataset descriptor {path} "
+                    f"({descriptor.num_classes} classes: {', '.join(descriptor.class_names[:8])}"
+                    f"{', ...' if descriptor.num_classes > 8 else ''}): drop --num_classes, or pass "
+                    "--dataset=<another descriptor> if the folder's is wrong.")
+  logging.info("Dataset %s from %s: %d classes, ignore_label %d.", descriptor.name, path,
+               descriptor.num_classes, descriptor.ignore_label)
+  return descriptor
+
+
 def split_pattern(dataset_dir: Optional[str], split: str, flag_name: str) -> str:
-  """`<dataset_dir>/<split>-*.tfrecord` (raises ValueError naming --dataset_dir when missing)."""
+  """`<dataset_dir>/<split>-*.tfrecord`.
+
+  Raises:
+    UserError: (a ValueError) naming --dataset_dir when it is missing, or --<flag_name> and the splits
+      that exist when no shard of `split` is there.
+  """
+  from deeplab_tf.errors import UserError  # pylint: disable=import-outside-toplevel
   if not dataset_dir or not tf.io.gfile.isdir(dataset_dir):
-    raise ValueError(f"--dataset_dir={dataset_dir!r}: expected the folder of the {split}-*.tfrecord shards "
-                     f"(--{flag_name}={split}).")
-  return os.path.join(dataset_dir, f"{split}-*.tfrecord")
+    raise UserError(f"--dataset_dir={dataset_dir!r}: expected the folder of the {split}-*.tfrecord shards "
+                    f"(--{flag_name}={split}).")
+  pattern = os.path.join(dataset_dir, f"{split}-*.tfrecord")
+  if not tf.io.gfile.glob(pattern):
+    splits = sorted({os.path.basename(p).split("-")[0]
+                     for p in tf.io.gfile.glob(os.path.join(dataset_dir, "*-*.tfrecord"))})
+    raise UserError(f"--{flag_name}={split}: no shard {pattern}; the splits in --dataset_dir are "
+                    f"{splits or 'none'} (made by a datasets/ converter).")
+  return pattern
 
 
 def checkpoint_step(path: str) -> int:

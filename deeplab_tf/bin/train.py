@@ -6,19 +6,23 @@ Usage (the papers' first VOC stage):
 
 `--dataset` and `--dataset_dir` are the flags shared with eval/vis (`deeplab_tf.bin.eval_common`), the
 model flags (`--model_variant`, `--output_stride`, `--atrous_rates`, ...) those of
-`deeplab_tf.bin.model_flags`; `--num_classes` defaults to the dataset descriptor's.
+`deeplab_tf.bin.model_flags`; `--num_classes` defaults to the dataset descriptor's (without
+`--dataset`, the descriptor JSON beside the shards: `eval_common.descriptor_from_flags`).
 Re-running the same command resumes from the latest checkpoint in --train_logdir; SIGTERM checkpoints
-and exits.
+and exits. A user's mistake or a data fault (another model's --train_logdir, a logdir in use by
+another trainer, a truncated shard, labels out of range or all ignored) ends in one line.
 """
 
 from __future__ import annotations
 
+import tensorflow as tf
 from absl import app, flags, logging
 from tqdm import tqdm
 
 from deeplab_tf.bin import entry
 from deeplab_tf.bin import eval_common, model_flags
-from deeplab_tf.data.descriptors import get_descriptor
+from deeplab_tf.data import pipeline
+from deeplab_tf.errors import UserError
 from deeplab_tf.evaluation import validation
 from deeplab_tf.options import TrainOptions
 from deeplab_tf.training import strategy as strategy_lib
@@ -90,7 +94,7 @@ def options_from_flags():
 
   Every `TrainOptions` field is set from the flag of the same name.
   """
-  descriptor = get_descriptor(FLAGS.dataset)
+  descriptor = eval_common.descriptor_from_flags()
   model_options = model_flags.model_options_from_flags()
   if not FLAGS["num_classes"].present:  # not given: the dataset's
     model_options = model_options.replace(num_classes=descriptor.num_classes)
@@ -106,8 +110,8 @@ def main(argv):
     raise app.UsageError("--train_logdir is required.")
   try:
     model_options, train_options, descriptor = options_from_flags()
-    pattern = eval_common.split_pattern(FLAGS.dataset_dir, FLAGS.train_split, "train_split")
     config = strategy_lib.StrategyConfig(FLAGS.strategy, num_gpus=FLAGS.num_gpus, tpu=FLAGS.tpu)
+    pattern = eval_common.split_pattern(FLAGS.dataset_dir, FLAGS.train_split, "train_split")
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   strategy = strategy_lib.build_strategy(config)
@@ -135,8 +139,13 @@ def main(argv):
                            strategy=strategy, ignore_label=descriptor.ignore_label, progress=bar,
                            on_log=None if bar else log_line, validation_fn=validate,
                            colormap=descriptor.colormap)
-  except trainer.CheckpointWriteError as e:
-    raise SystemExit(f"deeplab_train: {e}") from e
+  except (trainer.CheckpointWriteError, trainer.NonFiniteLossError) as e:
+    raise SystemExit(f"deeplab_train: {e}") from e  # named faults, not bugs: no traceback
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    message = pipeline.input_error_message(e, pattern)
+    if message is None:
+      raise
+    raise UserError(message) from None
   finally:
     if bar is not None:
       bar.close()

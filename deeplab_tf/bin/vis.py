@@ -36,7 +36,7 @@ from deeplab_tf import visualization
 from deeplab_tf.bin import eval_common
 from deeplab_tf.bin.eval_vis_messages import (announce_waiting, check_batch_and_crop, crop_size_error,
                                               shown_size)
-from deeplab_tf.data.descriptors import cityscapes_train_ids_to_label_ids, get_descriptor
+from deeplab_tf.data.descriptors import cityscapes_train_ids_to_label_ids
 from deeplab_tf.data.pipeline import build_dataset
 from deeplab_tf.evaluation.crf import dense_crf_labels
 from deeplab_tf.evaluation.inference import model_mean_pixel, predict_labels, predict_probabilities
@@ -128,7 +128,7 @@ def main(argv):
   del argv
   if not FLAGS.vis_logdir:
     raise app.UsageError("--vis_logdir is required: the folder the pictures are written to.")
-  descriptor = get_descriptor(FLAGS.dataset)
+  descriptor = eval_common.descriptor_from_flags()
   colormap = descriptor.colormap if FLAGS.colormap_type == "dataset" else FLAGS.colormap_type
   try:
     eval_options = eval_common.eval_options_from_flags(

@@ -17,7 +17,7 @@ made by the original's converters and ours are interchangeable:
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional, Union
 
 import tensorflow as tf
 
@@ -94,23 +94,46 @@ def encode_example(image_encoded: bytes, label_encoded: bytes, *, filename: str,
   return example.SerializeToString()
 
 
-def parse_example(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
+REQUIRED_KEYS = (IMAGE_ENCODED, LABEL_ENCODED)
+
+# The first words of the message of a record that lacks a required key; `deeplab_tf.bin.train` finds
+# them in the error to print the message's one line.
+MISSING_KEYS_MESSAGE = "Record lacks feature"
+
+
+def parse_example(serialized: tf.Tensor, source: Union[str, tf.Tensor, None] = None
+                  ) -> Dict[str, tf.Tensor]:
   """Parses and decodes one serialised example (research/deeplab `data_generator._parse_function`).
 
-  Works eagerly and inside `tf.data.Dataset.map`.
+  Works eagerly and inside `tf.data.Dataset.map`. A record without `image/encoded` or
+  `image/segmentation/class/encoded` (e.g. a shard written by another tool, with other feature keys)
+  stops with a message naming `source` and the keys, instead of TensorFlow's "Input is empty
+  [[DecodePng]]".
 
   Args:
     serialized: scalar string tensor, one record of a shard.
+    source: the shard the record comes from (string or scalar string tensor), named in errors.
 
   Returns:
     A dict with "image" uint8 [height, width, 3] RGB, "label" int32 [height, width, 1] (class ids as
     stored), "image_name" string scalar, "height" and "width" int32 scalars (from the stored features).
 
   Raises:
-    tf.errors.InvalidArgumentError (when run): if the image or label bytes cannot be decoded, or the
+    tf.errors.InvalidArgumentError (when run): if a required key is missing or empty (the message
+    starts with `MISSING_KEYS_MESSAGE`), if the image or label bytes cannot be decoded, or the
     decoded sizes disagree with `image/height` / `image/width`.
   """
   features = tf.io.parse_single_example(serialized, _FEATURE_SPEC)
+  present = [tf.strings.length(features[key]) > 0 for key in REQUIRED_KEYS]
+  missing = tf.strings.reduce_join(
+      tf.boolean_mask(tf.constant(REQUIRED_KEYS), tf.logical_not(tf.stack(present))), separator=", ")
+  keys_check = tf.debugging.Assert(
+      tf.reduce_all(tf.stack(present)),
+      [f"{MISSING_KEYS_MESSAGE}(s)", missing, "in shard", "<unknown>" if source is None else source,
+       f"(research/deeplab's TFRecord keys {', '.join(REQUIRED_KEYS)} are required): re-run the "
+       "datasets/ converter that makes this split."], summarize=4)
+  with tf.control_dependencies([keys_check]):
+    features = {k: tf.identity(v) for k, v in features.items()}
   image = tf.io.decode_image(features[IMAGE_ENCODED], channels=3, dtype=tf.uint8, expand_animations=False)
   label = tf.io.decode_png(features[LABEL_ENCODED], channels=1, dtype=tf.uint8)
   height = tf.cast(features[IMAGE_HEIGHT], tf.int32)

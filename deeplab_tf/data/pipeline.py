@@ -65,11 +65,56 @@ def _records(file_pattern, input_context, shuffle: bool, seed) -> tf.data.Datase
   if shuffle:
     dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
   # Shuffled: read up to 8 files at once; else in file order, so evaluation sees the split in order.
-  dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8) if shuffle else 1,
+  # Each record travels with its shard's name, so that a bad record's message names the shard.
+  dataset = dataset.interleave(lambda f: tf.data.TFRecordDataset(f).map(lambda r: (r, f)),
+                               cycle_length=min(len(files), 8) if shuffle else 1,
                                num_parallel_calls=_AUTOTUNE, deterministic=not shuffle or seed is not None)
   if num_pipelines > 1 and not shard_files:
     dataset = dataset.shard(num_pipelines, index)
   return dataset.map(features.parse_example, num_parallel_calls=_AUTOTUNE)
+
+
+def input_error_message(error: Exception, file_pattern: Union[str, Sequence[str]]) -> Optional[str]:
+  """One line for a data fault that stopped a pipeline of `build_dataset`, or None if not one.
+
+  For the edge of a binary: a truncated or corrupted shard (`DataLossError`, which names no file: the
+  shards are read again to find it, `unreadable_shards`), and the pipeline's own checks (a record
+  without image or label bytes, a label outside [0, num_classes)), whose assertion text is turned
+  into a sentence.
+  """
+  if isinstance(error, tf.errors.DataLossError):
+    bad = unreadable_shards(file_pattern)
+    if not bad:
+      return None
+    shards = "; ".join(f"{path} ({problem})" for path, problem in bad[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return (f"Shard(s) truncated or corrupted: {shards}{more}. Re-run the datasets/ converter that "
+            "made this split (a copy cut short or a killed converter leaves such shards).")
+  text = str(getattr(error, "message", error))
+  marker = "assertion failed: "
+  if isinstance(error, tf.errors.InvalidArgumentError) and marker in text:
+    line = text.split(marker, 1)[1].split("\n")[0].split(" [[")[0].strip()
+    if not (line.startswith(f"[{features.MISSING_KEYS_MESSAGE}") or line.startswith("[Labels of")):
+      return None
+    return line.strip("[]").replace("] [", " ").replace("\\'", "'")
+  return None
+
+
+def unreadable_shards(file_pattern: Union[str, Sequence[str]]) -> Sequence[Tuple[str, str]]:
+  """`(shard, problem)` for every shard of `file_pattern` that does not read to its end.
+
+  Reads every record of every shard once (no decoding): what to call after tf.data stopped with a
+  `DataLossError` ("truncated record at 0"), which names no file.
+  """
+  bad = []
+  for path in list_files(file_pattern):
+    try:
+      for _ in tf.data.TFRecordDataset(path):
+        pass
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError) as e:
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      bad.append((path, first.split(" [[")[0][:160]))
+  return bad
 
 
 def _tfds_examples(tfds_name: str, tfds_split: str, tfds_data_dir: Optional[str],
@@ -154,6 +199,16 @@ def check_label_range(batch: Dict[str, tf.Tensor], num_classes: int, ignore_labe
     return dict(batch, label=tf.identity(label))
 
 
+def check_example_label_range(example: Dict[str, tf.Tensor], num_classes: int, ignore_label: int,
+                              source: str = "the dataset") -> Dict[str, tf.Tensor]:
+  """`check_label_range` on one unbatched example (its whole label, before any crop)."""
+  batch = {"label": example["label"][tf.newaxis]}
+  if "image_name" in example:
+    batch["image_name"] = tf.reshape(example["image_name"], [1])
+  checked = check_label_range(batch, num_classes, ignore_label, source)
+  return dict(example, label=checked["label"][0])
+
+
 def build_dataset(file_pattern: Union[str, Sequence[str], None], *, is_training: bool,
                   crop_size: Optional[Tuple[int, int]], batch_size: int, ignore_label: int,
                   mean_pixel: Sequence[float] = (127.5, 127.5, 127.5), min_scale_factor: float = 0.5,
@@ -201,20 +256,27 @@ def build_dataset(file_pattern: Union[str, Sequence[str], None], *, is_training:
     max_resize_value: see `preprocess.resize_to_range` (`max_size`).
     resize_factor: see `preprocess.resize_to_range` (`factor`).
     keep_aspect_ratio: see `preprocess.resize_to_range`.
-    num_classes: the model's number of classes; when given, every batch's labels are checked to be in
-      [0, num_classes) or `ignore_label` (`check_label_range`), so that a wrong `--num_classes` stops
-      at the first bad batch with a message naming the split and the values.
+    num_classes: the model's number of classes; when given, every example's whole label (once, as
+      parsed, before scaling and cropping) is checked to be in [0, num_classes) or `ignore_label`
+      (`check_label_range`), so that a wrong `--num_classes` stops at the first bad example with a
+      message naming the split, the values and the image; a check of the crops alone found a bad
+      value only in the crops that happened to hold it.
 
   Returns:
     A dataset of dicts: "image" float32 [b, h, w, 3] RGB in [0, 255]; "label" int32 [b, h, w, 1];
-    "image_name" string [b]; "height", "width" int32 [b], the size before resizing, scaling and padding.
+    "image_name" string [b]; "height", "width" int32 [b], the size before resizing, scaling and padding;
+    "labelled_pixels" int32 [b], the pixels of each whole label (before cropping) that are not
+    `ignore_label` (the trainer refuses a split whose labels are all ignored).
 
   Raises:
     ValueError: if no file matches, crop_size is missing when training, batch_size > 1 in evaluation
       without crop_size, both or neither of file_pattern and tfds_name are given, or scale factors or
       resize values are inconsistent.
     tf.errors.InvalidArgumentError: while iterating, a label outside [0, num_classes) other than
-      ignore_label (only when `num_classes` is given).
+      ignore_label (only when `num_classes` is given), or a record without image or label bytes
+      (`features.parse_example`, naming its shard).
+    tf.errors.DataLossError: while iterating, a truncated or corrupted shard (`unreadable_shards`
+      names it).
   """
   resize = dict(min_resize_value=min_resize_value, max_resize_value=max_resize_value,
                 resize_factor=resize_factor, keep_aspect_ratio=keep_aspect_ratio)
@@ -243,6 +305,12 @@ def build_dataset(file_pattern: Union[str, Sequence[str], None], *, is_training:
     dataset = _tfds_examples(tfds_name, tfds_split, tfds_data_dir, tfds_keys, input_context, shuffle)
   else:
     dataset = _records(file_pattern, input_context, shuffle, seed)
+  source = _source_description(file_pattern, tfds_name, tfds_split)
+  if num_classes is not None:
+    dataset = dataset.map(lambda e: check_example_label_range(e, num_classes, ignore_label, source),
+                          num_parallel_calls=_AUTOTUNE)
+  dataset = dataset.map(lambda e: dict(e, labelled_pixels=tf.reduce_sum(
+      tf.cast(tf.not_equal(e["label"], ignore_label), tf.int32))), num_parallel_calls=_AUTOTUNE)
   if repeat:
     dataset = dataset.repeat()
   if shuffle:
@@ -267,8 +335,4 @@ def build_dataset(file_pattern: Union[str, Sequence[str], None], *, is_training:
   else:
     dataset = dataset.map(eval_map, num_parallel_calls=_AUTOTUNE)
   dataset = dataset.batch(local_batch, drop_remainder=is_training)
-  if num_classes is not None:
-    source = _source_description(file_pattern, tfds_name, tfds_split)
-    dataset = dataset.map(lambda batch: check_label_range(batch, num_classes, ignore_label, source),
-                          num_parallel_calls=_AUTOTUNE)
   return dataset.prefetch(_AUTOTUNE)

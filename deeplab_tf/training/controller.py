@@ -10,7 +10,9 @@ on a step, all checkpoint there and `run` returns.
 
 Resuming (`restore_or_initialize`): the newest checkpoint of the log directory whose files read back
 completely is restored; a truncated or corrupted newer one is skipped with a warning naming it, and
-the chief makes the restored one the latest again. With no usable checkpoint `init_fn` (e.g.
+the chief makes the restored one the latest again. A checkpoint that reads back but does not fit the
+model (another run's architecture or num_classes) is refused with `CheckpointMismatchError`, never
+skipped: skipping it would overwrite that run. With no usable checkpoint `init_fn` (e.g.
 `--tf_initial_checkpoint`) initialises the model.
 In multi-worker training every worker restores from the chief's directory; the other workers save
 into a scratch folder (saving may need collectives) that is removed at the end. Decisions taken from
@@ -36,7 +38,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from deeplab_tf import io_utils
+from deeplab_tf import io_utils, model_io
+from deeplab_tf.errors import UserError
 from deeplab_tf.options import CheckpointOptions
 from deeplab_tf.training import strategy as strategy_lib
 
@@ -44,7 +47,8 @@ CHECKPOINT_NAME = "ckpt"
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or Inf; the last good checkpoint is left as the latest one."""
+  """The loss, or a weight before a checkpoint, became NaN or Inf; the last good checkpoint is left
+  as the latest one (every checkpoint written holds finite weights and BatchNorm statistics)."""
 
 
 class CheckpointWriteError(OSError):
@@ -73,21 +77,15 @@ def checkpoint_files(prefix: str) -> Sequence[str]:
   return tf.io.gfile.glob(prefix + ".*")
 
 
-def checkpoint_problem(prefix: str) -> Optional[str]:
-  """None if every tensor of the checkpoint `prefix` reads back; else what is wrong with it.
+checkpoint_problem = model_io.checkpoint_problem
+CheckpointMismatchError = model_io.CheckpointMismatchError
 
-  Catches a missing index, a truncated or corrupted data file (TensorFlow raises `DataLossError`,
-  `OutOfRangeError` or a raw `IndexError: Read less bytes than requested`). The reader opens the prefix
-  itself: `tf.train.load_checkpoint` would take a `ram://` prefix for a folder.
-  """
-  try:
-    reader = tf.compat.v1.train.NewCheckpointReader(prefix)
-    for name, dtype in reader.get_variable_to_dtype_map().items():
-      if dtype != tf.variant:  # e.g. an input iterator's state: not readable into numpy
-        reader.get_tensor(name)
-  except (tf.errors.OpError, ValueError, IndexError, OSError, RuntimeError) as e:
-    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-  return None
+# A run whose first this many steps carry no labelled pixel in their whole labels is refused.
+ALL_IGNORED_STEPS = 10
+
+
+class AllLabelsIgnoredError(UserError):
+  """The split's labels hold no pixel other than ignore_label: the loss is 0 and nothing is learnt."""
 
 
 def _local_free_bytes(directory: str) -> Optional[int]:
@@ -115,16 +113,25 @@ class Controller:
     callbacks: Keras callbacks (see `deeplab_tf.training.callbacks`); those with an
       `on_checkpoint(step, prefix)` method are also called after every checkpoint.
     stop_event: when set (or on SIGTERM), training checkpoints and returns between two loops.
+    weights: the model's variables (BatchNorm statistics included), checked to be finite before every
+      checkpoint: a diverging run (a loss still finite, 4.7e33, over inf BN variances) is stopped
+      before a non-finite checkpoint is written.
+    ignore_label: named in the messages about batches with no labelled pixel.
   """
 
   def __init__(self, *, strategy: tf.distribute.Strategy, checkpoint: tf.train.Checkpoint,
                step: tf.Variable, logdir: str, options: CheckpointOptions, total_steps: int,
                steps_per_loop: int = 1, init_fn: Optional[Callable[[], None]] = None,
                callbacks: Sequence[keras.callbacks.Callback] = (),
-               stop_event: Optional[threading.Event] = None):
+               stop_event: Optional[threading.Event] = None,
+               weights: Sequence[tf.Variable] = (), ignore_label: Optional[int] = None):
     self.strategy, self.checkpoint, self.step, self.logdir = strategy, checkpoint, step, logdir
     self.options, self.total_steps, self.steps_per_loop = options, total_steps, steps_per_loop
     self.init_fn, self.callbacks = init_fn, list(callbacks)
+    self.weights = list(weights)
+    self.ignore_label = ignore_label
+    self._warned_unlabelled = False
+    self._labelled_seen = False
     self.stop_event = stop_event or threading.Event()
     self.chief = strategy_lib.is_chief(strategy)
     self.multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -153,12 +160,27 @@ class Controller:
     for prefix in reversed(candidates):
       problem = checkpoint_problem(prefix)
       if problem is None:
-        try:
-          self.checkpoint.restore(prefix).expect_partial()
+        # It reads back completely: if it does not fit the model it is another run's (another
+        # model_variant or num_classes), not a corrupt one. Refused: falling back or starting afresh
+        # would overwrite that run's checkpoints.
+        mismatch = None
+        with model_io.quiet_tf_warnings():
+          try:
+            self.checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
+          except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as e:
+            mismatch = " ".join(str(e).split())[:240]
+          except (tf.errors.OpError, IndexError) as e:
+            problem = f"{type(e).__name__}: {str(e).strip()[:200]}"
+        if mismatch is not None:  # raised out of the `except`, see model_io.restore_model
+          model_io.silence_failed_restores()
+          raise CheckpointMismatchError(
+              f"--train_logdir={self.logdir} holds checkpoint {prefix}, which does not fit the model "
+              f"requested ({mismatch}): it is another run's. Train in another --train_logdir, or "
+              f"start from it with --tf_initial_checkpoint={prefix} (and --noinitialize_last_layer "
+              "for another num_classes).")
+        if problem is None:
           self.restored = self.latest = prefix
           break
-        except (tf.errors.OpError, ValueError, IndexError) as e:
-          problem = f"{type(e).__name__}: {str(e).strip()[:200]}"
       logging.warning("Checkpoint %s is unreadable (%s): truncated or corrupted; resuming from the "
                       "previous one.", prefix, problem)
     else:
@@ -199,8 +221,16 @@ class Controller:
     """Writes checkpoint `ckpt-<step>`; returns the latest chief checkpoint prefix.
 
     Raises:
+      NonFiniteLossError: a weight is NaN or Inf: nothing written (every checkpoint is finite).
       CheckpointWriteError: the checkpoint could not be written; its temporary files were removed.
     """
+    bad = model_io.non_finite_weights(self.weights)
+    if bad:
+      raise NonFiniteLossError(
+          f"{len(bad)} of the model's {len(self.weights)} weight tensors hold NaN or Inf at step "
+          f"{step} (first: {', '.join(bad[:3])}) although the loss is finite; stopped without saving. "
+          f"{self._latest_good()} Lower --base_learning_rate, check the data, or use "
+          "--mixed_precision=float32.")
     try:
       path = self.manager.save(checkpoint_number=step)
     except (tf.errors.ResourceExhaustedError, tf.errors.UnknownError, tf.errors.DataLossError,
@@ -210,6 +240,30 @@ class Controller:
     if self.chief:
       self.latest = path
     return self.latest
+
+  def _latest_good(self) -> str:
+    if self.latest:
+      return f"The latest good checkpoint is {self.latest}."
+    return "No checkpoint was written by this run."
+
+  def _check_labelled(self, outputs, start: int, current: int):
+    """Warns once per run when a batch (its crop) holds no labelled pixel; refuses a split whose
+    whole labels hold none in the first `ALL_IGNORED_STEPS` steps (see `TrainStep`'s outputs)."""
+    ignore = f"ignore_label={self.ignore_label}" if self.ignore_label is not None else "ignore_label"
+    empty = int(outputs.get("unlabelled_batches", 0))
+    if empty and not self._warned_unlabelled:
+      self._warned_unlabelled = True
+      logging.warning("%d of the batches up to step %d carry no labelled pixel (all %s): their "
+                      "cross-entropy is 0 and they teach nothing. Check the labels and ignore_label "
+                      "if this keeps happening (warned once per run).", empty, current, ignore)
+    if int(outputs.get("labelled_examples", 1)) > 0:
+      self._labelled_seen = True
+    if not self._labelled_seen and current - start >= min(ALL_IGNORED_STEPS, self.total_steps - start):
+      raise AllLabelsIgnoredError(
+          f"The first {current - start} training batches hold no pixel other than {ignore} in their "
+          "whole labels: the split has no labelled pixel (the loss would be 0.0 at every step). Check "
+          f"that the label PNGs hold class ids, and the dataset's ignore_label. Stopped at step "
+          f"{current}.")
 
   def _write_error(self, step: int, error: Exception) -> CheckpointWriteError:
     prefix = os.path.join(self.directory, f"{CHECKPOINT_NAME}-{step}")
@@ -250,7 +304,9 @@ class Controller:
       {"final_step", "last_loss", "interrupted", "checkpoint"}.
 
     Raises:
-      NonFiniteLossError: a loss was NaN or Inf; nothing was saved after the last good checkpoint.
+      NonFiniteLossError: a loss, or a weight before a checkpoint, was NaN or Inf; nothing was saved
+        after the last good checkpoint.
+      AllLabelsIgnoredError: the first batches' whole labels hold no labelled pixel.
       CheckpointWriteError: see `save`.
     """
     current = start = int(self.step.numpy())
@@ -267,14 +323,16 @@ class Controller:
           if bad_step >= 0:
             raise NonFiniteLossError(
                 f"Loss is {float(outputs['bad_loss'])} at step {current + bad_step + 1}; stopped "
-                f"without saving. The latest good checkpoint is {self.latest}. Lower "
+                f"without saving. {self._latest_good()} Lower "
                 "--base_learning_rate, check the data, or use --mixed_precision=float32.")
           current += n
+          self._check_labelled(outputs, start, current)
           logs = {"step": current, "steps": n, "total_steps": self.total_steps, "loss": last_loss,
                   "cross_entropy": float(outputs["cross_entropy"]),
                   "learning_rate": float(learning_rate_fn(current - 1))}
           logs.update({k: v for k, v in outputs.items()
-                       if k not in logs and k not in ("bad_step", "bad_loss")})
+                       if k not in logs and k not in ("bad_step", "bad_loss", "unlabelled_batches",
+                                                      "labelled_examples")})
           for callback in self.callbacks:
             callback.on_train_batch_end(current, logs)
           if self.preemption is not None:

@@ -79,6 +79,13 @@ class TrainStep:
     grads, total, cross_entropy, logits = self._gradients(images, labels, global_step)
     self.optimizer.apply_gradients(zip(grads, self.trainable))
     outputs = {"loss": total, "cross_entropy": cross_entropy}
+    # Labelled pixels of the crops, and examples whose whole label (before cropping; the pipeline's
+    # "labelled_pixels") holds any: the controller warns about / refuses all-ignore batches.
+    labelled = tf.reduce_sum(tf.cast(tf.not_equal(labels, self.ignore_label), tf.int32))
+    outputs["labelled_pixels"] = labelled
+    outputs["labelled_examples"] = (
+        tf.reduce_sum(tf.cast(batch["labelled_pixels"] > 0, tf.int32)) if "labelled_pixels" in batch
+        else tf.cast(labelled > 0, tf.int32))
     if self.want_images:
       outputs["image"] = tf.cast(tf.clip_by_value(images, 0, 255), tf.uint8)
       # Class ids (the label's ignore_label kept): `callbacks.Summaries` colours them with the colormap.
@@ -90,6 +97,8 @@ class TrainStep:
     per_replica = self.strategy.run(self.replica_step, args=(next(iterator), self.step))
     reduced = {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica[k], axis=None)
                for k in ("loss", "cross_entropy")}
+    reduced.update({k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[k], axis=None)
+                    for k in ("labelled_pixels", "labelled_examples")})
     if self.want_images:
       for k in IMAGE_KEYS:
         reduced[k] = self.strategy.experimental_local_results(per_replica[k])[0]
@@ -98,16 +107,25 @@ class TrainStep:
 
   def _loop(self, iterator, num_steps) -> Dict[str, tf.Tensor]:
     """`num_steps` (int32 tensor >= 1) steps; the last step's outputs, plus "bad_step": the index in
-    [0, num_steps) of the first step whose loss was not finite, -1 if none, and "bad_loss" its loss."""
+    [0, num_steps) of the first step whose loss was not finite, -1 if none, and "bad_loss" its loss;
+    "unlabelled_batches": the steps whose (global) batch held no labelled pixel in its crops;
+    "labelled_examples": the examples of all the steps whose whole label held any."""
     bad_step = tf.constant(-1, tf.int32)
     bad_loss = tf.constant(0.0, tf.float32)
+    unlabelled = tf.constant(0, tf.int32)
+    examples = tf.constant(0, tf.int32)
     for i in tf.range(num_steps - 1):
       outputs = self._step(iterator)
       bad = tf.logical_and(bad_step < 0, tf.logical_not(tf.math.is_finite(outputs["loss"])))
       bad_step = tf.where(bad, i, bad_step)
       bad_loss = tf.where(bad, outputs["loss"], bad_loss)
+      unlabelled += tf.cast(outputs["labelled_pixels"] == 0, tf.int32)
+      examples += outputs["labelled_examples"]
     outputs = self._step(iterator)
     bad = tf.logical_and(bad_step < 0, tf.logical_not(tf.math.is_finite(outputs["loss"])))
     outputs["bad_step"] = tf.where(bad, num_steps - 1, bad_step)
     outputs["bad_loss"] = tf.where(bad, outputs["loss"], bad_loss)
+    outputs["unlabelled_batches"] = unlabelled + tf.cast(outputs["labelled_pixels"] == 0, tf.int32)
+    outputs["labelled_examples"] = examples + outputs["labelled_examples"]
+    del outputs["labelled_pixels"]
     return outputs

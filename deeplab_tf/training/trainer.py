@@ -17,6 +17,7 @@ checkpoints on any `tf.io.gfile` filesystem (`gs://`, `ram://`).
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -34,13 +35,16 @@ from deeplab_tf.training import callbacks as callbacks_lib
 from deeplab_tf.training import strategy as strategy_lib
 from deeplab_tf.training.batch_norm import configure_batch_norm
 from deeplab_tf.training.callbacks import Progress
-from deeplab_tf.training.controller import CheckpointWriteError, Controller, NonFiniteLossError
+from deeplab_tf.training.controller import (AllLabelsIgnoredError, CheckpointMismatchError,
+                                            CheckpointWriteError, Controller, NonFiniteLossError)
+from deeplab_tf.training.logdir_lock import LogdirBusyError, LogdirLock
 from deeplab_tf.training.initialization import initialize_from_checkpoint
 from deeplab_tf.training.optimizer import build_optimizer
 from deeplab_tf.training.schedules import learning_rate_schedule
 from deeplab_tf.training.train_step import TrainStep
 
 __all__ = ["train", "TrainResult", "Progress", "NonFiniteLossError", "CheckpointWriteError",
+           "CheckpointMismatchError", "LogdirBusyError", "AllLabelsIgnoredError",
            "file_pattern_dataset_fn"]
 
 DatasetFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
@@ -104,6 +108,34 @@ def _check_options(model_options: ModelOptions, train_options: TrainOptions, num
   if label_weights is not None and len(label_weights) != model_options.num_classes:
     raise ValueError(f"label_weights={label_weights}: expected "
                      f"num_classes={model_options.num_classes} weights.")
+
+
+def check_logdir_options(train_logdir: str, model_options: ModelOptions) -> None:
+  """Refuses to resume in a log directory whose checkpoints are another model's.
+
+  The cheap check, before any model is built: the `model_options.json` of a log directory that holds
+  a checkpoint must equal `model_options` (resuming with other options would restore what does not
+  fit, or fit silently into another architecture, and then overwrite the earlier run).
+
+  Raises:
+    CheckpointMismatchError: (a `UserError`) naming both option sets' differing fields and the ways
+      out (another --train_logdir, or --tf_initial_checkpoint to fine-tune from it).
+  """
+  path = os.path.join(train_logdir, model_io.MODEL_OPTIONS_FILENAME)
+  if tf.train.latest_checkpoint(train_logdir) is None or not tf.io.gfile.exists(path):
+    return
+  try:
+    saved = model_io.load_model_options(path)
+  except ValueError:
+    return  # unreadable: the restore itself tells whether the checkpoint fits
+  differences = model_io.options_difference(saved, model_options)
+  if differences:
+    raise CheckpointMismatchError(
+        f"--train_logdir={train_logdir} holds the checkpoints of another model: its {path} differs "
+        f"from the options requested ({'; '.join(differences)}, as saved -> requested). Nothing was "
+        "changed. Train in another --train_logdir, resume with the saved options, or start from that "
+        f"run with --tf_initial_checkpoint={train_logdir} (with --noinitialize_last_layer for another "
+        "num_classes).")
 
 
 def _build_model(model_options, train_options, model_fn):
@@ -216,8 +248,16 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
   Returns:
     A `TrainResult`.
 
+  The chief holds `train_logdir` with a lease (`logdir_lock`) while it trains.
+
   Raises:
-    NonFiniteLossError: the loss became NaN or Inf; nothing is saved after the last good checkpoint.
+    NonFiniteLossError: the loss, or a weight (BatchNorm statistics included) before a checkpoint,
+      became NaN or Inf; nothing is saved after the last good checkpoint, and every checkpoint
+      written holds finite weights.
+    CheckpointMismatchError: (a `UserError`) `train_logdir` holds another model's checkpoints
+      (`check_logdir_options`, or a checkpoint that reads but does not fit); nothing is changed.
+    LogdirBusyError: (a `UserError`) another trainer holds `train_logdir`.
+    AllLabelsIgnoredError: (a `UserError`) the first batches' whole labels hold no labelled pixel.
     CheckpointWriteError: a checkpoint could not be written (e.g. disk full); the previous one stays.
     ValueError: inconsistent options (e.g. batch not divisible by replicas), bad initial checkpoint.
     FileNotFoundError: `tf_initial_checkpoint` does not exist.
@@ -225,20 +265,38 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
   started = time.time()
   strategy = strategy or tf.distribute.get_strategy()
   _check_options(model_options, train_options, strategy.num_replicas_in_sync)
+  check_logdir_options(train_logdir, model_options)
+  lock = LogdirLock(train_logdir).acquire() if strategy_lib.is_chief(strategy) else None
+  try:
+    return _train(model_options, train_options, dataset, train_logdir, started, strategy,
+                  ignore_label, model_fn, progress, on_log, stop_event, checkpoint_input_pipeline,
+                  validation_fn, callbacks)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(model_options, train_options, dataset, train_logdir, started, strategy, ignore_label,
+           model_fn, progress, on_log, stop_event, checkpoint_input_pipeline, validation_fn,
+           callbacks) -> TrainResult:
+  """`train` once the log directory is held."""
   model, optimizer, step, checkpoint = _build_training_state(strategy, model_options, train_options,
                                                              model_fn)
   chief = strategy_lib.is_chief(strategy)
   writer = tf.summary.create_file_writer(train_logdir) if chief else tf.summary.create_noop_writer()
   log = callbacks_lib.LogLine(train_options.checkpointing.log_steps, on_log)
   validation = callbacks_lib.Validation(validation_fn, writer) if validation_fn and chief else None
-  init_fn = (lambda: initialize_from_checkpoint(model, train_options.initialization)) if (
+  def build_with_classes(num_classes):  # the checkpoint's model, to fine-tune to other classes
+    return _build_model(model_options.replace(num_classes=num_classes), train_options, model_fn)
+  init_fn = (lambda: initialize_from_checkpoint(model, train_options.initialization,
+                                                build_with_classes)) if (
       train_options.initialization.tf_initial_checkpoint) else None
   controller = Controller(
       strategy=strategy, checkpoint=checkpoint, step=step, logdir=train_logdir,
       options=train_options.checkpointing, total_steps=train_options.solver.training_number_of_steps,
       steps_per_loop=train_options.execution.steps_per_loop, init_fn=init_fn,
       callbacks=_callbacks(model, train_options, writer, log, progress, validation, callbacks, colormap),
-      stop_event=stop_event)
+      stop_event=stop_event, weights=model.weights, ignore_label=ignore_label)
   start_step = controller.restore_or_initialize()
   if chief:
     model_io.save_model_options(train_logdir, model_options)
