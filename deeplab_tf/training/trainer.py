@@ -270,7 +270,7 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
   try:
     return _train(model_options, train_options, dataset, train_logdir, started, strategy,
                   ignore_label, model_fn, progress, on_log, stop_event, checkpoint_input_pipeline,
-                  validation_fn, callbacks)
+                  validation_fn, callbacks, colormap)
   finally:
     if lock is not None:
       lock.release()
@@ -278,7 +278,7 @@ def train(model_options: ModelOptions, train_options: TrainOptions,
 
 def _train(model_options, train_options, dataset, train_logdir, started, strategy, ignore_label,
            model_fn, progress, on_log, stop_event, checkpoint_input_pipeline, validation_fn,
-           callbacks) -> TrainResult:
+           callbacks, colormap) -> TrainResult:
   """`train` once the log directory is held."""
   model, optimizer, step, checkpoint = _build_training_state(strategy, model_options, train_options,
                                                              model_fn)
@@ -286,6 +286,7 @@ def _train(model_options, train_options, dataset, train_logdir, started, strateg
   writer = tf.summary.create_file_writer(train_logdir) if chief else tf.summary.create_noop_writer()
   log = callbacks_lib.LogLine(train_options.checkpointing.log_steps, on_log)
   validation = callbacks_lib.Validation(validation_fn, writer) if validation_fn and chief else None
+
   def build_with_classes(num_classes):  # the checkpoint's model, to fine-tune to other classes
     return _build_model(model_options.replace(num_classes=num_classes), train_options, model_fn)
   init_fn = (lambda: initialize_from_checkpoint(model, train_options.initialization,
@@ -295,7 +296,8 @@ def _train(model_options, train_options, dataset, train_logdir, started, strateg
       strategy=strategy, checkpoint=checkpoint, step=step, logdir=train_logdir,
       options=train_options.checkpointing, total_steps=train_options.solver.training_number_of_steps,
       steps_per_loop=train_options.execution.steps_per_loop, init_fn=init_fn,
-      callbacks=_callbacks(model, train_options, writer, log, progress, validation, callbacks, colormap),
+      callbacks=_callbacks(model, train_options, writer, log, progress, validation, callbacks,
+                           colormap),
       stop_event=stop_event, weights=model.weights, ignore_label=ignore_label)
   start_step = controller.restore_or_initialize()
   if chief:

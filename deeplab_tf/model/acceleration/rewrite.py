@@ -149,12 +149,19 @@ def rewrite(model: keras.Model, policy=None, paddings: Optional[Dict[str, Tuple[
     cls, config = specs[layer.name]
     return cls.from_config(config)
 
-  copy = keras.models.clone_model(model, clone_function=clone)
+  # Inputs of the same names (Keras would rename unnamed ones), so every layer keeps its name.
+  inputs = keras.tree.map_structure(
+      lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype,
+                            name=t._keras_history.operation.name),  # pylint: disable=protected-access
+      model.input)
+  copy = keras.models.clone_model(model, clone_function=clone, input_tensors=inputs)
   for layer in model.layers:
+    generator = getattr(layer, "seed_generator", None)
+    if not layer.weights and generator is None:
+      continue
     target = copy.get_layer(layer.name)
     if layer.weights:
       target.set_weights(layer.get_weights())
-    generator = getattr(layer, "seed_generator", None)
     if generator is not None and getattr(target, "seed_generator", None) is not None:
       target.seed_generator.state.assign(generator.state)  # Dropout draws the same masks.
   return copy
