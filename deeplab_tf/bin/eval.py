@@ -39,6 +39,7 @@ from deeplab_tf.bin import eval_common
 from deeplab_tf.bin.eval_vis_messages import (announce_waiting, check_batch_and_crop, crop_size_error,
                                               shown_size)
 from deeplab_tf.data.pipeline import build_dataset
+from deeplab_tf.errors import UserError
 from deeplab_tf.evaluation.evaluate import evaluate_dataset
 from deeplab_tf.evaluation.inference import model_mean_pixel
 from deeplab_tf.io_utils import atomic_write_text
@@ -87,7 +88,7 @@ def evaluate_checkpoint(checkpoint: str, descriptor, eval_options, crf_options=N
   """Evaluates one checkpoint, writes its JSON and summaries, returns the JSON's content."""
   model, model_options = eval_common.load_model_from_flags(checkpoint)
   if model_options.num_classes != descriptor.num_classes:
-    raise ValueError(f"{checkpoint}: the model predicts {model_options.num_classes} classes but --dataset="
+    raise UserError(f"{checkpoint}: the model predicts {model_options.num_classes} classes but --dataset="
                      f"{FLAGS.dataset} has {descriptor.num_classes}.")
   windowed = eval_options.sliding_window
   dataset = build_dataset(
