@@ -641,20 +641,23 @@ class _TFLiteModule(tf.Module):
 
 
 class _QuietConversion:
-  """Raises TensorFlow's Python loggers to WARNING during a conversion (its temporary SavedModel's
-  INFO lines), and restores them after."""
+  """Raises TensorFlow's and absl's Python logging to WARNING during a conversion (the INFO lines of
+  the converter's temporary SavedModel), and restores them after."""
 
   def __enter__(self):
     import logging  # pylint: disable=import-outside-toplevel
-    self._loggers = [logging.getLogger(name) for name in ("tensorflow", "absl")]
-    self._levels = [logger.level for logger in self._loggers]
-    for logger in self._loggers:
-      logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    self._absl_verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(min(self._absl_verbosity, absl_logging.WARNING))
+    self._logger = logging.getLogger("tensorflow")
+    self._level = self._logger.level
+    self._logger.setLevel(max(self._logger.getEffectiveLevel(), logging.WARNING))
     return self
 
   def __exit__(self, *exc):
-    for logger, level in zip(self._loggers, self._levels):
-      logger.setLevel(level)
+    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    absl_logging.set_verbosity(self._absl_verbosity)
+    self._logger.setLevel(self._level)
     return False
 
 
