@@ -220,9 +220,9 @@ def _check_image_tensor(image_tensor, max_image_pixels: int):
 
 def _check_finite(probabilities, what):
   """`probabilities` after an in-graph check that they are finite (`what` names the input)."""
-  check = tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(probabilities)), [tf.strings.format(
-      "{}: the model's probabilities are not finite (NaN or Inf): its weights are broken; export a "
-      "checkpoint from before training diverged", [what])])
+  check = tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(probabilities)), [tf.strings.join([
+      what, ": the probabilities of the model are not finite (NaN or Inf): its weights are broken; export "
+      "a checkpoint from before training diverged"])])
   with tf.control_dependencies([check]):
     return tf.identity(probabilities)
 
@@ -278,7 +278,8 @@ class DeepLabServingModule(tf.Module):
     """(int32 labels [h, w], float32 probabilities [h, w, classes]) of `image_bytes[index]`."""
     image = _checked_decode(encoded, index, self._max_image_pixels)
     labels, probabilities = self._predict(image[tf.newaxis])
-    probabilities = _check_finite(probabilities[0], tf.strings.format("image_bytes[{}]", index))
+    probabilities = _check_finite(probabilities[0], tf.strings.join(
+        ["image_bytes[", tf.strings.as_string(index), "]"]))
     with tf.control_dependencies([probabilities]):
       return tf.identity(labels[0]), probabilities
 

@@ -482,9 +482,9 @@ def test_non_finite_models_are_refused_and_their_answers_too(served, tmp_path, m
   # Exported anyway (the check skipped): the signatures refuse to answer "class 0" from NaN.
   monkeypatch.setattr(export, "check_finite_model", lambda *args, **kwargs: None)
   loaded = tf.saved_model.load(export.export_saved_model(broken, str(tmp_path / "nan"), OPTIONS))
-  with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[\d\]: the model's probabilities are not finite"):
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[\d\]: the probabilities of the model are not finite"):
     loaded.signatures["serving_default"](image_bytes=tf.constant([served["encoded"]["png"]] * 2))
-  with pytest.raises(tf.errors.InvalidArgumentError, match="image_tensor: the model's probabilities are not finite"):
+  with pytest.raises(tf.errors.InvalidArgumentError, match="image_tensor: the probabilities of the model are not finite"):
     loaded.signatures["image_tensor"](image_tensor=served["images"]["png"][None])
 
 

@@ -154,10 +154,11 @@ def output_names(files):
   return names
 
 
-def _same_path(a, b):
-  if io_utils.has_scheme(a) or io_utils.has_scheme(b):
-    return a.rstrip("/") == b.rstrip("/")
-  return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+def _normalised(path):
+  """A path as compared for "is this output an input": absolute and case-normalised when local."""
+  if io_utils.has_scheme(path):
+    return path.rstrip("/")
+  return os.path.normcase(os.path.abspath(path))
 
 
 def output_paths(predict_logdir, files, save_probabilities):
@@ -173,10 +174,10 @@ def output_paths(predict_logdir, files, save_probabilities):
     result[path] = {folder: os.path.join(predict_logdir, folder, *name.split("/")) +
                     (".npy" if folder == "probabilities" else ".png") for folder in folders}
   summary = os.path.join(predict_logdir, "summary.json")
-  inputs = set(files)
+  inputs = {_normalised(f): f for f in files}
   for outputs in [*result.values(), {"summary": summary}]:
     for output in outputs.values():
-      clash = next((f for f in inputs if _same_path(f, output)), None)
+      clash = inputs.get(_normalised(output))
       if clash:
         raise UserError(f"--predict_logdir={predict_logdir}: the output {output} would overwrite the input "
                         f"{clash}; choose another --predict_logdir.")
