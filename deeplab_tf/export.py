@@ -636,7 +636,7 @@ class _TFLiteModule(tf.Module):
         tf.TensorSpec([1, *input_size, 3], tf.uint8, name=IMAGE_TENSOR_SIGNATURE)])
 
   def _serve(self, image_tensor):
-    logits = self.model(tf.cast(image_tensor, self.model.inputs[0].dtype))
+    logits = self.model(tf.cast(image_tensor, self.model.inputs[0].dtype), training=False)
     # tf.argmax, not keras.ops.argmax: the latter adds NaN handling (BitwiseAnd) TFLite has no kernel for.
     return {"semantic_predictions": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
@@ -709,7 +709,11 @@ def export_tflite(model, path: str, input_size: Tuple[int, int], *, quantize: st
   model = without_channel_padding(model)  # The padding speeds up training only.
   module = _TFLiteModule(model, tuple(input_size))
   # A concrete function of our own, not from_keras_model: Keras would print every captured variable.
-  converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
+  function = module.serve.get_concrete_function()
+  # The converter saves the module first: track Keras 3's wrapped tf.Variables as such (as
+  # export_saved_model does), else they are saved uninitialised.
+  module.captured_variables = list({id(v): v for v in function.variables}.values())
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
   if quantize != "none":
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if quantize == "float16":
