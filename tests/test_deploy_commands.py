@@ -45,7 +45,7 @@ def test_tarball_to_served_model(tmp_path):
       import sys
       import numpy as np
       import tensorflow as tf
-      signature = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+      signature = tf.saved_model.load(sys.argv[1]).signatures["probabilities"]
       image = open(sys.argv[2], "rb").read()
       np.save(sys.argv[3], signature(image_bytes=tf.constant([image]))["semantic_predictions"].numpy()[0])
   """)

@@ -29,7 +29,7 @@ LOAD_AND_RUN = textwrap.dedent("""
     export_dir, inputs, outputs = sys.argv[1:4]
     data = np.load(inputs)
     loaded = tf.saved_model.load(export_dir)
-    served = loaded.signatures["serving_default"](image_bytes=tf.constant([data["a"].tobytes(), data["b"].tobytes()]))
+    served = loaded.signatures["probabilities"](image_bytes=tf.constant([data["a"].tobytes(), data["b"].tobytes()]))
     tensor = loaded.signatures["image_tensor"](image_tensor=tf.constant(data["pixels_b"][None]))
     assert not any(m.startswith("deeplab_tf") for m in sys.modules), "the export needed deeplab_tf"
     np.savez(outputs, **{"served_" + k: v.numpy() for k, v in served.items()},
@@ -149,7 +149,7 @@ def test_mixed_bfloat16_export_stores_bfloat16_weights(tmp_path):
   assert list(kernels.values()).count(tf.float32) == 1 and len(kernels) > 50, kernels
   loaded = tf.saved_model.load(export_dir)
   photo = np.array(Image.open(PHOTO).convert("RGB"))[100:149, 200:265]
-  out = loaded.signatures["serving_default"](image_bytes=tf.constant([_encode(photo, "PNG")]))
+  out = loaded.signatures["probabilities"](image_bytes=tf.constant([_encode(photo, "PNG")]))
   assert out["probabilities"].dtype == tf.float32 and tuple(out["probabilities"].shape) == (1, 49, 65, 4)
   np.testing.assert_allclose(out["probabilities"].numpy().sum(-1), 1.0, atol=1e-5)
   assert tuple(out["semantic_predictions"].shape) == (1, 49, 65)

@@ -137,3 +137,34 @@ def test_tflite_written_to_ram_filesystem(trained):
   labels = runner(image_tensor=trained["held_out"][:1])["semantic_predictions"]
   assert labels.shape == (1, *SIZE)
   assert tf.io.gfile.listdir("ram://tflite_test") == ["model.tflite"]
+
+
+def test_tflite_tensors_are_named_and_the_export_is_quiet(trained, tmp_path, capfd):
+  capfd.readouterr()
+  path = export.export_tflite(trained["model"], str(tmp_path / "m.tflite"), SIZE)
+  out, err = capfd.readouterr()
+  printed = (out + err).strip().splitlines()
+  # Keras' from_keras_model printed its "Saved artifact ... Captures:" dump, one line per variable.
+  assert not any("Captures" in line or "tf.resource" in line for line in printed), printed[:5]
+  assert len(printed) < 10, printed
+  interpreter = Interpreter(model_path=path)
+  assert [d["name"] for d in interpreter.get_input_details()] == ["image_tensor"]
+  assert [d["name"] for d in interpreter.get_output_details()] == ["semantic_predictions"]
+  assert interpreter.get_signature_list() == {
+      "serving_default": {"inputs": ["image_tensor"], "outputs": ["semantic_predictions"]}}
+
+
+def test_calibration_sees_whole_images_fitted_as_inference_does(tmp_path):
+  """A 130x98 record for a 65x65 input: shrunk to 65x49 and padded (it was cut to its top-left 65x65)."""
+  image = np.zeros((130, 98, 3), np.uint8)
+  image[65:] = 255  # the bottom half white: a top-left crop would see black only
+  with tf.io.TFRecordWriter(str(tmp_path / "train-00000-of-00001.tfrecord")) as writer:
+    writer.write(encode_example(tf.io.encode_png(image).numpy(), tf.io.encode_png(image[..., :1] * 0).numpy(),
+                                filename="x.png", height=130, width=98, image_format="png"))
+  generate = export.representative_images(str(tmp_path / "train-*.tfrecord"), SIZE, 4, (127.5,) * 3)
+  (calibration,), = list(generate())
+  fitted, (height, width) = export.fit_to_tflite_input(image, SIZE, (127.5,) * 3)
+  assert (height, width) == (65, 49) and calibration.shape == (1, *SIZE, 3) and calibration.dtype == np.uint8
+  np.testing.assert_array_equal(calibration, fitted)
+  assert (calibration[0, 40:, :49] == 255).all() and (calibration[0, :25, :49] == 0).all()  # the whole image
+  assert (calibration[0, :, 49:] == 128).all()  # padding: the mean pixel, rounded

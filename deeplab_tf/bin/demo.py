@@ -74,7 +74,7 @@ SERVE_SCRIPT = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
     export_dir, out_path, image_paths = sys.argv[1], sys.argv[2], sys.argv[3:]
-    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    serve = tf.saved_model.load(export_dir).signatures["probabilities"]
     out = serve(image_bytes=tf.stack([tf.io.read_file(p) for p in image_paths]))
     labels = {}
     for i, path in enumerate(image_paths):

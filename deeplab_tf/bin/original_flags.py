@@ -263,6 +263,19 @@ ROWS: Tuple[Row, ...] = (
          "inspect it with `saved_model_cli show --all --dir <export>`", kind="boolean"),
 )
 
+# Our flags that research/deeplab spells in one binary and we use in another too, with the spelling each
+# binary also accepts: (binary, our flag, other spelling accepted, note).
+SPELLINGS: Tuple[Tuple[str, str, str, str], ...] = (
+    ("export_model", "export_path", "export_dir", "the original export_model.py's name; --export_dir is an "
+     "alias (the absl alias of the same flag)"),
+    ("export_model", "inference_scales", "eval_scales", "the original export_model.py's name; --eval_scales "
+     "(eval.py's) is accepted for it, both with different values is an error"),
+    ("predict", "export_path", "export_dir", "the export to run: the path given to deeplab_export_model's "
+     "--export_path (a version directory or the base path); --export_dir, predict's former name, is an alias"),
+    ("predict", "eval_scales", "inference_scales", "as eval.py and vis.py; --inference_scales (export_model.py's) "
+     "is accepted for it, both with different values is an error"),
+)
+
 _DEFINE = {"integer": flags.DEFINE_integer, "boolean": flags.DEFINE_boolean, "float": flags.DEFINE_float,
            "string": flags.DEFINE_string, "multi_float": flags.DEFINE_multi_float}
 
@@ -329,6 +342,13 @@ def render_markdown() -> str:
       note = row.note
       lines.append(f"| `{row.name}` | `{row.default!r}` | {status} | {_cell(note)} | "
                    f"{', '.join(row.binaries)} |")
+  lines += ["", "## Flag names across our binaries", "",
+            "The original names a flag differently in two of its files (`--eval_scales` in eval.py and vis.py, "
+            "`--inference_scales` in export_model.py) or has no binary where ours needs the flag "
+            "(`deeplab_predict` runs an export). Each binary keeps the original's spelling and accepts the "
+            "other one too:", "", "| binary | flag | also accepted | note |", "|---|---|---|---|"]
+  for binary, ours, other, note in SPELLINGS:
+    lines.append(f"| {binary} | `--{ours}` | `--{other}` | {_cell(note)} |")
   return "\n".join(lines) + "\n"
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from deeplab_tf import image_decoding
 from deeplab_tf.data import features
 from deeplab_tf.errors import UserError
 
@@ -95,26 +96,12 @@ def _open(path: str, what: str) -> Tuple[Image.Image, bytes]:
 
 
 def rescale_to_uint8(array: np.ndarray) -> np.ndarray:
-  """Maps an image of more than 8 bits per sample to uint8 by a linear min-max stretch.
+  """`deeplab_tf.image_decoding.rescale_to_uint8` (the one rule, shared with prediction and export) on numpy.
 
-  The rule: `round((x - min) * 255 / (max - min))` with min and max taken over the whole source image
-  (all channels), so all tiles cut from one image share one mapping; a constant image maps to 0. uint8
-  input is returned unchanged. (The original handles 8-bit photographs only; this covers 16-bit
-  microscopy and 11-bit satellite imagery.)
-
-  Args:
-    array: [height, width] or [height, width, channels] of an integer or float dtype.
-
-  Returns:
-    uint8 array of the same shape.
+  A linear min-max stretch over the whole source image: `round((x - min) * 255 / (max - min))`; a
+  constant image maps to 0; uint8 input is returned unchanged.
   """
-  if array.dtype == np.uint8:
-    return array
-  a = array.astype(np.float64)
-  lo, hi = float(a.min()), float(a.max())
-  if hi <= lo:
-    return np.zeros(array.shape, np.uint8)
-  return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+  return image_decoding.rescale_to_uint8(array).numpy()
 
 
 def read_image(path: str) -> ImageData:
@@ -136,18 +123,10 @@ def read_image(path: str) -> ImageData:
   img, encoded = _open(path, "image")
   if img.mode == "RGB" and img.format in _KEPT_FORMATS:
     return ImageData(np.asarray(img), encoded, _KEPT_FORMATS[img.format])
-  if img.mode in ("1", "L", "P", "RGBA", "LA", "CMYK", "YCbCr", "RGBX", "PA"):
-    return ImageData(np.asarray(img.convert("RGB")))
-  array = np.asarray(img)
-  if array.ndim == 3:
-    array = array[..., :3]
-  array = rescale_to_uint8(array)
-  if array.ndim == 2:
-    array = np.repeat(array[..., None], 3, axis=-1)
-  if array.shape[-1] != 3:
-    raise InputError(f"Image file {path} has {array.shape[-1]} channels (Pillow mode {img.mode}); "
-                     "expected gray or RGB. Convert it to RGB first.")
-  return ImageData(np.ascontiguousarray(array))
+  try:  # deeplab_tf.image_decoding's rule, the one prediction and the export apply too
+    return ImageData(image_decoding.pillow_to_rgb(img))
+  except ValueError as e:
+    raise InputError(f"Image file {path} has {e} Convert it to RGB first.") from e
 
 
 def _rgb_mask_error(path: str) -> InputError:
