@@ -59,8 +59,6 @@ flags.DEFINE_integer("num_calibration_images", 100, "tflite int8: how many image
 
 # The original's default TFLite / frozen-graph input size (export_model.py --crop_size).
 DEFAULT_TFLITE_SIZE = (513, 513)
-# A dataset descriptor beside a checkpoint (deeplab_tf.data.descriptors' JSON), read for class names.
-DATASET_DESCRIPTOR_FILENAME = "dataset.json"
 
 
 def class_names_for_checkpoint(checkpoint, num_classes):
@@ -76,7 +74,7 @@ def class_names_for_checkpoint(checkpoint, num_classes):
     source = path = FLAGS.dataset
   else:
     folder = checkpoint if io_utils.isdir(checkpoint) else io_utils.dirname(checkpoint)
-    candidate = os.path.join(folder or ".", DATASET_DESCRIPTOR_FILENAME)
+    candidate = os.path.join(folder or ".", descriptors.CHECKPOINT_DESCRIPTOR_FILENAME)
     if tf.io.gfile.exists(candidate):
       source = path = candidate
   if source is None:

@@ -15,13 +15,15 @@ another trainer, a truncated shard, labels out of range or all ignored) ends in 
 
 from __future__ import annotations
 
+import os
+
 import tensorflow as tf
 from absl import app, flags, logging
 from tqdm import tqdm
 
 from deeplab_tf.bin import entry
 from deeplab_tf.bin import eval_common, model_flags
-from deeplab_tf.data import pipeline
+from deeplab_tf.data import descriptors, pipeline
 from deeplab_tf.errors import UserError
 from deeplab_tf.evaluation import validation
 from deeplab_tf.options import TrainOptions
@@ -149,6 +151,9 @@ def main(argv):
   finally:
     if bar is not None:
       bar.close()
+  if strategy_lib.is_chief(strategy):  # Class names travel with the checkpoints (predict, export).
+    descriptors.write_descriptor(
+        descriptor, os.path.join(FLAGS.train_logdir, descriptors.CHECKPOINT_DESCRIPTOR_FILENAME))
   for step, values in result.validation:
     logging.info("validation at step %d: %s", step, values)
   logging.info("%s at step %d (started at step %d), loss %.4f, %.0f s; checkpoint %s",

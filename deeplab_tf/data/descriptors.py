@@ -180,6 +180,11 @@ def get_descriptor(name_or_json_path: str) -> DatasetDescriptor:
   return descriptor_from_dict(values, name_or_json_path)
 
 
+# The descriptor deeplab_train writes beside its checkpoints, so that predict and export name the
+# classes as the training data did.
+CHECKPOINT_DESCRIPTOR_FILENAME = "dataset.json"
+
+
 def write_descriptor(descriptor: DatasetDescriptor, path: str) -> None:
   """Writes `descriptor` as JSON to `path` (through a temporary file renamed when complete)."""
   atomic_write_text(path, descriptor.to_json() + "\n")
