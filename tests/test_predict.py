@@ -54,8 +54,10 @@ def _check_outputs(out, name, image, expected_probabilities, probabilities_writt
   if probabilities_written:
     probabilities = np.load(os.path.join(out, "probabilities", name + ".npy"))
     assert probabilities.dtype == np.float32 and probabilities.shape == (*image.shape[:2], 3)
-    # Same graph, compiled vs eager: float32 noise only.
-    np.testing.assert_allclose(probabilities, expected_probabilities, atol=1e-5)
+    # predict runs the kernel policy's folded model (BatchNorms folded, 1x1 convolutions as matrix
+    # products), the expectation the model itself: the same sums in another order, float32 noise of
+    # about 1e-5 on probabilities near 0.5 (1.2e-5 measured), far below a label change.
+    np.testing.assert_allclose(probabilities, expected_probabilities, atol=5e-5)
 
 
 def test_predict_folder_with_a_checkpoint(setup, tmp_path, capsys):

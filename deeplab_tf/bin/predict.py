@@ -116,7 +116,7 @@ def _split(path):
     scheme, path = path.split("://", 1)
     scheme += "://"
   else:
-    path = os.path.abspath(path)
+    path = os.path.abspath(path)  # not-gfile: a local path made absolute (no file access)
   return scheme, [part for part in path.split("/") if part]
 
 
@@ -158,7 +158,7 @@ def _normalised(path):
   """A path as compared for "is this output an input": absolute and case-normalised when local."""
   if io_utils.has_scheme(path):
     return path.rstrip("/")
-  return os.path.normcase(os.path.abspath(path))
+  return os.path.normcase(os.path.abspath(path))  # not-gfile: path arithmetic (no file access)
 
 
 def output_paths(predict_logdir, files, save_probabilities):

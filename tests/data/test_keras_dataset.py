@@ -1,5 +1,4 @@
 """keras_dataset + SoftmaxCrossEntropyLoss: `model.fit` straight on the pipeline, the project's loss."""
-import io
 import os
 
 import keras
@@ -11,16 +10,11 @@ from PIL import Image
 from deeplab_tf.data.features import encode_example
 from deeplab_tf.data.keras_dataset import keras_dataset
 from deeplab_tf.training import losses
+from deeplab_tf.data.writer import encode_png
 
 PHOTO = os.path.join(os.path.dirname(__file__), "..", "..", "datasets", "samples", "voc2012_sample",
                      "JPEGImages", "2011_000006.jpg")
 NUM_CLASSES = 3
-
-
-def _png(array):
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format="PNG")
-  return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +27,7 @@ def shards(tmp_path_factory):
       image = photo[20 * i:20 * i + 30, 40:70]
       label = rng.randint(0, NUM_CLASSES, (30, 30)).astype(np.uint8)
       label[:4] = 255
-      writer.write(encode_example(_png(image), _png(label), filename=f"{i}.jpg", height=30, width=30,
+      writer.write(encode_example(encode_png(image), encode_png(label), filename=f"{i}.jpg", height=30, width=30,
                                   image_format="png"))
   return str(root / "train-*.tfrecord")
 

@@ -20,18 +20,13 @@ from deeplab_tf.evaluation import inference
 from deeplab_tf.evaluation.metrics import ConfusionMatrix
 from deeplab_tf.image_ops import resize_nearest_align_corners
 from deeplab_tf.model_io import save_model_options
+from deeplab_tf.data.writer import encode_png
 from ram_fs import copy_to_ram
 
 PHOTO = os.path.join(os.path.dirname(__file__), "..", "..", "datasets", "samples", "voc2012_sample",
                      "JPEGImages", "2011_000006.jpg")
 OPTIONS = ModelOptions(model_variant="mobilenet_v2", num_classes=3, output_stride=16, depth_multiplier=0.5)
 CROP = (33, 41)
-
-
-def _png(array):
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format="PNG")
-  return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +40,7 @@ def setup(tmp_path_factory):
       image = photo[top:top + h, left:left + w]
       label = rng.randint(0, 3, (h, w)).astype(np.uint8)
       label[:3] = 255
-      writer.write(encode_example(_png(image), _png(label), filename=name + ".jpg", height=h, width=w,
+      writer.write(encode_example(encode_png(image), encode_png(label), filename=name + ".jpg", height=h, width=w,
                                   image_format="png"))
       examples.append((name, image, label))
   (root / "tiny.json").write_text(json.dumps({

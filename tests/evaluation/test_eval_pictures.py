@@ -19,6 +19,7 @@ from deeplab_tf.errors import UserError
 from deeplab_tf.evaluation import inference
 from deeplab_tf.evaluation.metrics import ConfusionMatrix
 from deeplab_tf.model_io import save_model_options
+from deeplab_tf.data.writer import encode_png
 
 PHOTO = os.path.join(os.path.dirname(__file__), "..", "..", "datasets", "samples", "voc2012_sample",
                      "JPEGImages", "2011_000006.jpg")
@@ -27,12 +28,6 @@ NAMES = ["sky", "road", "car"]
 # Two images named alike, 520 pixels wide (wider than the original's default crop of 513), and one small.
 IMAGES = [("photos/wide.jpg", (0, 0, 21, 520)), ("other/wide.jpg", (100, 0, 21, 520)),
           ("third.jpg", (50, 60, 21, 30))]
-
-
-def _png(array):
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format="PNG")
-  return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,7 @@ def setup(tmp_path_factory):
       image = photo[top:top + h, left:left + w]
       label = rng.randint(0, 3, (h, w)).astype(np.uint8)
       label[:2] = 255
-      writer.write(encode_example(_png(image), _png(label), filename=name, height=h, width=w,
+      writer.write(encode_example(encode_png(image), encode_png(label), filename=name, height=h, width=w,
                                   image_format="png"))
       examples.append((image, label))
   (root / "tiny.json").write_text(json.dumps({

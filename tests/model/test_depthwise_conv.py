@@ -17,17 +17,22 @@ from deeplab_tf.model.acceleration import KernelPolicy, apply_kernel_policy, con
 from deeplab_tf.model.acceleration import dilated_depthwise
 
 RNG = np.random.default_rng(0)
-# The CPU policy's layer: in place where this TensorFlow has the kernel (oneDNN), as `cpu()` chooses.
-SPAN = KernelPolicy.cpu().in_place_dilation_max_span if KernelPolicy.cpu().in_place_dilated_depthwise else 0
-# Tests of the in-place kernels themselves: TF's own CPU kernel (oneDNN off) and oneDNN on CPUs without
-# AVX-512 have no dilated DepthwiseConv2dNative, and the CPU policy never chooses it there.
-needs_in_place_kernel = pytest.mark.skipif(
-    not dilated_depthwise.native_dilated_depthwise_available(),
-    reason="this TensorFlow/CPU has no dilated DepthwiseConv2dNative kernel")
+# The CPU policy's layer: in place where this TensorFlow has the kernel (oneDNN with AVX-512), as
+# `cpu()` chooses. Probed inside the tests, not at import: a TF op at collection time would initialise
+# the devices before tests/training/conftest.py splits the CPU in two.
+def _span():
+  return 13 if dilated_depthwise.native_dilated_depthwise_available() else 0
+
+
+def _require_in_place_kernel():
+  """Tests of the in-place kernels themselves: TF's own CPU kernel (oneDNN off) and oneDNN without
+  AVX-512 have no dilated DepthwiseConv2dNative, and the CPU policy never chooses it there."""
+  if not _span():
+    pytest.skip("this TensorFlow/CPU has no dilated DepthwiseConv2dNative kernel")
 
 
 def _fast(*args, **kwargs):
-  return convolutions.DepthwiseConv2D(*args, in_place_dilation_max_span=SPAN,
+  return convolutions.DepthwiseConv2D(*args, in_place_dilation_max_span=_span(),
                                       bf16_strided_input_gradient_in_float32=True, **kwargs)
 
 
@@ -104,11 +109,11 @@ def _graph_op_types(function, *args):
   return [op.type for op in tf.function(function).get_concrete_function(*args).graph.get_operations()]
 
 
-@needs_in_place_kernel
 @pytest.mark.parametrize("kernel_size,rate,padding", [
     (3, 2, "SAME"), (3, 6, "SAME"), (5, 3, "SAME"), (3, (2, 1), "SAME"), (3, 12, "SAME"),
     (3, 18, "SAME"), (3, 2, "VALID"), (3, 7, "VALID")])  # VALID 7 (block 7): tf.nn's own form.
 def test_dilated_convolution_and_gradients_equal_space_to_batch(kernel_size, rate, padding):
+  _require_in_place_kernel()
   rate = (rate, rate) if isinstance(rate, int) else rate
   x = tf.constant(RNG.standard_normal((2, 17, 15, 6)), tf.float32)
   kernel = tf.constant(RNG.standard_normal((kernel_size, kernel_size, 6, 1)), tf.float32)
@@ -127,9 +132,9 @@ def test_dilated_convolution_and_gradients_equal_space_to_batch(kernel_size, rat
                                atol=1e-5 * np.abs(want.numpy()).max())
 
 
-@needs_in_place_kernel
 def test_dilated_input_gradient_against_finite_differences():
   """TF's CPU DepthwiseConv2dNative gradient kernels ignore dilations: this would catch their use."""
+  _require_in_place_kernel()
   x = tf.constant(RNG.standard_normal((1, 7, 7, 2)), tf.float32)
   kernel = tf.constant(RNG.standard_normal((3, 3, 2, 1)), tf.float32)
   for argument, function in ((x, lambda x: dilated_depthwise.dilated_depthwise_conv2d(x, kernel, (2, 2), "SAME")),
@@ -164,16 +169,16 @@ def test_layer_runs_the_dilation_split(rate, size, block, inner_rate):
   ops = tf.function(layer).get_concrete_function(x).graph.get_operations()
   blocks = [tf.get_static_value(op.inputs[1]).tolist() for op in ops if op.type == "SpaceToBatchND"]
   convolutions = [list(op.get_attr("dilations")) for op in ops if op.type == "DepthwiseConv2dNative"]
-  if not SPAN:  # TF's own kernel: the CPU policy keeps tf.nn's form.
+  if not _span():  # TF's own kernel: the CPU policy keeps tf.nn's form.
     assert blocks == [[rate, rate]] and convolutions == [[1, 1, 1, 1]]
     return
   assert blocks == ([] if block == 1 else [[block, block]])
   assert convolutions == [[1, inner_rate, inner_rate, 1]]
 
 
-@needs_in_place_kernel
 def test_dilation_split_with_unknown_height_and_width():
   """Compiled inference traces with relaxed shapes: the block's padding is then computed at run time."""
+  _require_in_place_kernel()
   layer = convolutions.DepthwiseConv2D(3, dilation_rate=12, padding="same", use_bias=False,
                                        in_place_dilation_max_span=13)
   layer.build((None, None, None, 4))

@@ -26,14 +26,6 @@ def _write_shard(dataset_dir):
                      num_shards=1)
 
 
-@pytest.fixture
-def parse_flags():
-  def parse(*args):
-    flags.FLAGS(["deeplab_train", *args])
-  yield parse
-  flags.FLAGS.unparse_flags()
-
-
 def test_train_binary_trains_and_writes_checkpoint_options_and_summaries(tmp_path, parse_flags):
   _write_shard(tmp_path / "data")
   args = [f"--dataset_dir={tmp_path / 'data'}", f"--train_logdir={tmp_path / 'log'}",

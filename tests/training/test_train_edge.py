@@ -58,14 +58,6 @@ TRAIN_ARGS = ["--train_crop_size=17,17", "--train_batch_size=2", "--training_num
 
 
 @pytest.fixture
-def parse_flags():
-  def parse(*args):
-    flags.FLAGS(["deeplab_train", *args])
-  yield parse
-  flags.FLAGS.unparse_flags()
-
-
-@pytest.fixture
 def tiny_deeplab(monkeypatch):
   """deeplab_train's model is `helpers.tiny_model` (17x17 crops): the data faults below are found
   while training, and a real DeepLab would only make the test slower."""

@@ -289,6 +289,8 @@ def fold_batch_norm(model: keras.Model, live: bool = False, *, weights_in_comput
     kernel_policy = KernelPolicy.portable()
 
   def clone(layer):
+    if not isinstance(layer, keras.layers.Layer):  # A stateless Keras op of the graph: shared.
+      return layer
     cls, config = rewrite_lib.layer_spec(layer, kernel_policy, (0, 0), training=False)
     policy = layer.dtype_policy
     if weights_in_compute_dtype:

@@ -146,6 +146,8 @@ def rewrite(model: keras.Model, policy=None, paddings: Optional[Dict[str, Tuple[
     return model
 
   def clone(layer):
+    if layer.name not in specs:  # A stateless Keras op of the graph (e.g. `x[..., :3]`): shared.
+      return layer
     cls, config = specs[layer.name]
     return cls.from_config(config)
 
