@@ -117,14 +117,8 @@ class KernelPolicy:
     Raises:
       ValueError: another name.
     """
-    if name == "auto":
-      return cls.for_device()
-    if name == "portable":
-      return cls.portable()
-    if name == "cpu":
-      return cls.cpu()
     check_kernel_policy(name)
-    raise AssertionError(name)  # check_kernel_policy raised.
+    return {"auto": cls.for_device, "portable": cls.portable, "cpu": cls.cpu}[name]()
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
